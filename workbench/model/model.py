@@ -1,0 +1,350 @@
+"""The Phi-2 architecture, hookable, written top-down: LayerNorm -> Attention -> MLP -> Block -> PhiModel.
+
+Phi's block is parallel: one LayerNorm feeds both attention and the MLP,
+``resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x))``. Every activation
+passes through a HookPoint named as in TransformerLens. Expensive activations
+(the attention pattern, per-head outputs, LayerNorm scales) are only built when
+a hook asks for them; otherwise the fused kernels run.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hooks import HookedRootModule, HookPoint
+
+from .config import PhiConfig
+from .kv_cache import KVCache
+from .rotary import apply_rotary, rotary_cos_sin
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with ``hook_scale`` ``[batch, pos, 1]`` and ``hook_normalized`` ``[batch, pos, d_model]``."""
+
+    def __init__(self, cfg: PhiConfig) -> None:
+        super().__init__()
+        self.eps = cfg.layer_norm_eps
+        self.weight = nn.Parameter(torch.ones(cfg.d_model))
+        self.bias = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.hook_scale.active:  # fused kernel; same output as below
+            return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps))
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale * self.weight + self.bias)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with partial rotary; q, k and v come from one fused projection."""
+
+    def __init__(self, cfg: PhiConfig, layer: int) -> None:
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)   # rows: [q; k; v], each head-major
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)     # HF's name for W_O
+        self.scale = cfg.d_head ** -0.5
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [batch, pos, head, d_head]
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()                   # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos], scaled, -inf above the diagonal
+        self.hook_pattern = HookPoint()      # [batch, head, q_pos, k_pos]
+        self.hook_z = HookPoint()            # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()       # [batch, pos, head, d_model], without the output bias
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        """``x`` ``[batch, pos, d_model]`` (normalised) -> attention output ``[batch, pos, d_model]``."""
+        b, p, _ = x.shape
+        h, dh = self.cfg.n_heads, self.cfg.d_head
+        q, k, v = self.qkv(x).view(b, p, 3, h, dh).unbind(2)       # each [batch, pos, head, d_head]
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q = self.hook_rot_q(apply_rotary(q, cos, sin))
+        k = self.hook_rot_k(apply_rotary(k, cos, sin))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
+        past = 0
+        if kv_cache is not None:
+            cached = kv_cache.keys[self.layer]
+            past = 0 if cached is None else cached.shape[2]
+            k, v = kv_cache.update(self.layer, k, v)
+        kp = k.shape[2]
+        if self.hook_attn_scores.active or self.hook_pattern.active:
+            scores = (q @ k.transpose(-1, -2)) * self.scale          # [batch, head, q_pos, k_pos]
+            mask = torch.ones(p, kp, dtype=torch.bool, device=x.device).tril(diagonal=kp - p)
+            scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+            pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+            z = pattern @ v                                          # [batch, head, pos, d_head]
+        elif past == 0 or p == 1:
+            # One query attends to everything cached; a fresh sequence is plain causal.
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and p > 1, scale=self.scale)
+        else:  # several new queries after a cache: causal mask offset by the cached length
+            mask = torch.ones(p, kp, dtype=torch.bool, device=x.device).tril(diagonal=kp - p)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        z = self.hook_z(z.transpose(1, 2))                           # [batch, pos, head, d_head]
+        if self.hook_result.active:
+            w_o = self.dense.weight.view(self.cfg.d_model, h, dh)    # [d_model, head, d_head]
+            result = self.hook_result(torch.einsum("bphd,mhd->bphm", z, w_o))
+            return result.sum(2) + self.dense.bias
+        return self.dense(z.reshape(b, p, h * dh))
+
+    # TransformerLens-style weight views, for analysis (no copies).
+    @property
+    def W_Q(self) -> torch.Tensor:
+        """``[head, d_model, d_head]``"""
+        return self._w(0)
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return self._w(1)
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._w(2)
+
+    @property
+    def b_Q(self) -> torch.Tensor:
+        """``[head, d_head]``"""
+        return self.qkv.bias.view(3, self.cfg.n_heads, self.cfg.d_head)[0]
+
+    @property
+    def b_K(self) -> torch.Tensor:
+        return self.qkv.bias.view(3, self.cfg.n_heads, self.cfg.d_head)[1]
+
+    @property
+    def b_V(self) -> torch.Tensor:
+        return self.qkv.bias.view(3, self.cfg.n_heads, self.cfg.d_head)[2]
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        """``[head, d_head, d_model]``"""
+        return self.dense.weight.view(self.cfg.d_model, self.cfg.n_heads, self.cfg.d_head).permute(1, 2, 0)
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        return self.dense.bias
+
+    def _w(self, i: int) -> torch.Tensor:
+        c = self.cfg
+        return self.qkv.weight.view(3, c.n_heads, c.d_head, c.d_model)[i].transpose(1, 2)
+
+
+class MLP(nn.Module):
+    """fc1 -> gelu_new (tanh approximation) -> fc2."""
+
+    def __init__(self, cfg: PhiConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_mlp)
+        self.fc2 = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.hook_pre = HookPoint()   # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.hook_pre(self.fc1(x))
+        return self.fc2(self.hook_post(F.gelu(pre, approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Parallel block: ``resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x))``."""
+
+    def __init__(self, cfg: PhiConfig, layer: int) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()   # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()    # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()     # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        h = self.ln1(x)
+        attn_out = self.hook_attn_out(self.attn(h, cos, sin, kv_cache))
+        mlp_out = self.hook_mlp_out(self.mlp(h))
+        return self.hook_resid_post(attn_out + mlp_out + x)  # HF's summation order
+
+
+class PhiModel(HookedRootModule):
+    """A Phi-architecture causal LM with TransformerLens hook names and HF numerics.
+
+    ``model(tokens)`` -> logits ``[batch, pos, d_vocab]``. ``tokens`` may be a
+    ``LongTensor [batch, pos]`` or, with a tokenizer attached, a string or list of strings.
+    """
+
+    def __init__(self, cfg: PhiConfig, tokenizer=None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg)
+        self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab)  # with bias; untied from embed
+        self.setup()
+        if self.embed.weight.device.type != "meta":
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """Normal(0, initializer_range) weights, zero biases, unit LayerNorms (HF's scheme)."""
+        std = self.cfg.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- forward -------------------------------------------------------------
+    def forward(self, input: Union[torch.Tensor, str, list], return_type: Optional[str] = "logits",
+                loss_per_token: bool = False, start_at_layer: Optional[int] = None,
+                stop_at_layer: Optional[int] = None, tokens: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None) -> Optional[torch.Tensor]:
+        """Run the model.
+
+        Args:
+            input: token ids ``[batch, pos]`` (or text, with a tokenizer); with
+                ``start_at_layer`` the residual stream ``[batch, pos, d_model]`` entering that block.
+            return_type: ``"logits"``, ``"loss"`` (mean next-token cross-entropy, nats),
+                ``"both"`` -> ``(logits, loss)``, or ``None``.
+            stop_at_layer: return the residual stream entering this block instead.
+            tokens: the token ids, needed for ``"loss"`` when starting from a residual.
+            kv_cache: a ``KVCache``; ``input`` then holds only the new tokens.
+        """
+        if start_at_layer is None:
+            if not isinstance(input, torch.Tensor):
+                input = self.to_tokens(input)
+            tokens = input
+            if tokens.ndim == 1:
+                tokens = tokens[None]
+            x = self.hook_embed(self.embed(tokens))
+            start_at_layer = 0
+        else:
+            x = input
+        past = len(kv_cache) if kv_cache is not None else 0
+        positions = torch.arange(past, past + x.shape[1], device=x.device)
+        cos, sin = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta, x.dtype)
+        for block in self.blocks[start_at_layer:stop_at_layer]:
+            x = block(x, cos, sin, kv_cache)
+        if stop_at_layer is not None:
+            return x
+        if return_type is None:
+            return None
+        logits = self.unembed(self.ln_final(x))              # [batch, pos, d_vocab]
+        if return_type == "logits":
+            return logits
+        if tokens is None:
+            raise ValueError("return_type='loss' needs tokens=...: the input was a residual stream")
+        loss = lm_loss(logits, tokens, per_token=loss_per_token)
+        if return_type == "loss":
+            return loss
+        if return_type == "both":
+            return logits, loss
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+
+    # -- device bookkeeping for tools that read cfg.device --------------------
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        self.cfg.device = str(self.embed.weight.device)
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    # -- TransformerLens-style weight views --------------------------------------
+    @property
+    def W_E(self) -> torch.Tensor:
+        """``[d_vocab, d_model]``"""
+        return self.embed.weight
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """``[d_model, d_vocab]``"""
+        return self.unembed.weight.T
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        return self.unembed.bias
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        """``[layer, head, d_head, d_model]``"""
+        return torch.stack([b.attn.W_O for b in self.blocks])
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        """``[layer, head, d_model, d_head]``"""
+        return torch.stack([b.attn.W_Q for b in self.blocks])
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return torch.stack([b.attn.W_K for b in self.blocks])
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return torch.stack([b.attn.W_V for b in self.blocks])
+
+    # -- tokenizer, checkpoints, generation (implemented in sibling modules) -----
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: load a checkpoint folder with tokenizer.json, "
+                             "or set model.tokenizer = Tokenizer.from_file('tokenizer.json')")
+        return self.tokenizer
+
+    def to_tokens(self, text: Union[str, list[str]], prepend_bos: bool = False,
+                  truncate: bool = True) -> torch.Tensor:
+        """Token ids ``[batch, pos]`` on the model's device (right-padded for several texts)."""
+        toks = self._need_tokenizer().to_tokens(text, prepend_bos=prepend_bos)
+        if truncate:
+            toks = toks[:, : self.cfg.n_ctx]
+        return toks.to(self.device)
+
+    def to_str_tokens(self, input, prepend_bos: bool = False) -> list:
+        return self._need_tokenizer().to_str_tokens(input, prepend_bos=prepend_bos)
+
+    def to_string(self, tokens) -> Union[str, list[str]]:
+        return self._need_tokenizer().to_string(tokens)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, dtype: Optional[torch.dtype] = None,
+                        device: Optional[Union[str, torch.device]] = None, **kwargs) -> "PhiModel":
+        """Load an HF-format Phi checkpoint (folder or hub id). See ``checkpoint.load_pretrained``."""
+        from .checkpoint import load_pretrained
+        return load_pretrained(path_or_hub_id, dtype=dtype, device=device, **kwargs)
+
+    def save_pretrained(self, directory, max_shard_size: Optional[int] = None) -> None:
+        """Write HF-format ``config.json`` + safetensors that ``transformers`` loads."""
+        from .checkpoint import save_pretrained
+        save_pretrained(self, directory, max_shard_size=max_shard_size)
+
+    @torch.no_grad()
+    def generate(self, input, max_new_tokens: int = 20, temperature: float = 1.0,
+                 top_k: Optional[int] = None, use_kv_cache: bool = True,
+                 stop_at_eos: bool = False, seed: Optional[int] = None):
+        """Sample a continuation; ``temperature=0`` is greedy. Text in gives text out."""
+        from .generate import generate
+        return generate(self, input, max_new_tokens, temperature, top_k, use_kv_cache, stop_at_eos, seed)
+
+    def to_transformer_lens(self, tokenizer_dir: Optional[str] = None):
+        """An equivalent TransformerLens ``TransformerBridge`` over an HF model with our weights."""
+        from .transformer_lens import to_transformer_lens
+        return to_transformer_lens(self, tokenizer_dir)
+
+
+def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+    """Next-token cross-entropy in nats: mean scalar, or ``[batch, pos-1]`` with ``per_token``."""
+    b, p, v = logits.shape
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, v).float(), tokens[:, 1:].reshape(-1).long(),
+                          reduction="none" if per_token else "mean")
+    return nll.view(b, p - 1) if per_token else nll
