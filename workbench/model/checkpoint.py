@@ -30,7 +30,7 @@ def resolve_checkpoint(path_or_hub_id: Union[str, Path]) -> Path:
     """A local folder as is; anything else is treated as a hub id and downloaded."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
-        return path
+        return path if (path / "config.json").is_file() else latest_run_checkpoint(path)
     if path.exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds config.json")
     name = str(path_or_hub_id)
@@ -44,6 +44,15 @@ def resolve_checkpoint(path_or_hub_id: Union[str, Path]) -> Path:
             f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}); "
             "if you are offline, pass a local HF-format folder with config.json and model.safetensors") from None
     return Path(local)
+
+
+def latest_run_checkpoint(run_dir: Path) -> Path:
+    """The newest ``RUN/checkpoints/step_XXXXXXXX/`` of a training run folder."""
+    steps = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "config.json").is_file())
+    if not steps:
+        raise CheckpointError(f"{run_dir} holds no config.json and no training checkpoints "
+                              "(checkpoints/step_*/config.json): pass an HF-format folder or a run folder")
+    return steps[-1]
 
 
 class _LazyTensors(Mapping):
