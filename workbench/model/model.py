@@ -22,7 +22,11 @@ from .rotary import apply_rotary, rotary_cos_sin
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with ``hook_scale`` ``[batch, pos, 1]`` and ``hook_normalized`` ``[batch, pos, d_model]``."""
+    """LayerNorm with ``hook_scale`` ``[batch, pos, 1]`` and ``hook_normalized`` ``[batch, pos, d_model]``.
+
+    As in TransformerLens, ``hook_scale`` is ``sqrt(var + eps)`` and
+    ``hook_normalized`` is ``(x - mean) / scale`` *before* the weight and bias.
+    """
 
     def __init__(self, cfg: PhiConfig) -> None:
         super().__init__()
@@ -33,11 +37,11 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.hook_scale.active:  # fused kernel; same output as below
-            return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps))
+        if not (self.hook_scale.active or self.hook_normalized.active):  # fused kernel, same numbers
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.weight + self.bias)
+        return self.hook_normalized(x / scale) * self.weight + self.bias
 
 
 class Attention(nn.Module):
@@ -186,6 +190,7 @@ class PhiModel(HookedRootModule):
         self.ln_final = LayerNorm(cfg)
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab)  # with bias; untied from embed
         self.setup()
+        self.cfg.device = str(self.embed.weight.device)
         if self.embed.weight.device.type != "meta":
             self.init_weights()
 
