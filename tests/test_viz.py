@@ -1,0 +1,264 @@
+"""workbench.viz: offline HTML (bundle inlined, no external script), escaping, shapes, sources, charts."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from workbench import viz
+from workbench.viz.html import ZWSP, circuitsvis_bundle
+
+NASTY = ["<script>alert(1)</script>", "</div>", "&amp;", "<img src=x onerror=alert(2)>", " a", "->"]
+
+
+def causal_pattern(heads: int = 3, pos: int = 6, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, heads, pos, pos, generator=g)
+    return scores.masked_fill(torch.ones(pos, pos).triu(1).bool(), float("-inf")).softmax(-1)
+
+
+def widget_props(html: str) -> list[dict]:
+    """The props JSON of every circuitsvis widget on a page, as the browser's JavaScript sees it."""
+    return [json.loads(m) for m in re.findall(r"props = (\{.*?\}), tries = 0;", html)]
+
+
+def assert_offline(html: str) -> None:
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html, re.I), "a script is loaded from elsewhere"
+    assert not re.search(r"<link[^>]*\bhref\s*=", html, re.I), "a stylesheet is loaded from elsewhere"
+    for host in ("unpkg.com", "googleapis", "google.com", "cdn.jsdelivr"):
+        assert host not in html
+    assert not re.search(r"""import[^;]*from\s*["']https?:""", html)
+    assert "sourceMappingURL" not in html
+
+
+def assert_inert(token: str) -> None:
+    """No tag can start and no entity can be decoded when ``token`` goes through innerHTML."""
+    assert not re.search(r"<[A-Za-z/!?]", token), token
+    assert not re.search(r"&[A-Za-z#]", token), token
+
+
+# -- the bundle and offline rendering -------------------------------------------------------------
+def test_bundle_is_inlined_once_per_page_and_nothing_is_fetched():
+    p = causal_pattern()
+    page = viz.Page(viz.attention_heads(p, NASTY, layer=1), viz.attention_patterns(p, NASTY),
+                    viz.colored_tokens_multi(NASTY, torch.randn(6, 2)), viz.line_chart([1.0, 2.0]))
+    html = page.to_html()
+    assert_offline(html)
+    assert html.count("var CircuitsVis=") == 1
+    assert circuitsvis_bundle()[:2000] in html and len(circuitsvis_bundle()) > 1_000_000
+    assert html.count("window.CircuitsVis.render(") == 3
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    # the bundle itself cannot close the inline <script> early
+    assert "</script" not in circuitsvis_bundle().lower()
+
+
+def test_repr_html_each_output_works_alone_unless_configured_once():
+    w = viz.attention_heads(causal_pattern(), NASTY)
+    try:
+        viz.configure("always")
+        assert "var CircuitsVis=" in w._repr_html_() and "var CircuitsVis=" in w._repr_html_()
+        viz.configure("once")
+        first, second = w._repr_html_(), w._repr_html_()
+        assert "var CircuitsVis=" in first and "var CircuitsVis=" not in second
+        assert "window.CircuitsVis.render(" in second
+        assert len(second) < 10_000 < len(first)
+        with pytest.raises(ValueError, match="inline_bundle"):
+            viz.configure("sometimes")
+    finally:
+        viz.configure("always")
+    assert_offline(w._repr_html_())
+
+
+def test_svg_and_plain_html_figures_need_no_bundle():
+    for fig in (viz.line_chart({"loss": [3.0, 2.0, 1.5]}), viz.colored_tokens(["a", "b"], [0.1, 0.9])):
+        assert not fig.needs_bundle
+        assert "CircuitsVis" not in fig.to_html() and "<script" not in fig.to_html()
+
+
+def test_save_writes_a_standalone_page(tmp_path):
+    out = viz.attention_heads(causal_pattern(), NASTY).save(tmp_path / "sub" / "attn.html")
+    text = out.read_text(encoding="utf-8")
+    assert out.name == "attn.html" and "var CircuitsVis=" in text and "<title>attn</title>" in text
+    assert_offline(text)
+
+
+# -- escaping -------------------------------------------------------------------------------------
+def test_tokens_reach_circuitsvis_inert_but_readable():
+    p = causal_pattern()
+    html = viz.Page(viz.attention_heads(p, NASTY, head_names=["</script><b>x", "h1", "h2"]),
+                    viz.colored_tokens_multi(NASTY, torch.randn(6, 1))).to_html()
+    for raw in ("<script>alert(1)</script>", "<img src=x"):  # "</div>" is checked in the props below
+        assert raw not in html
+    for props in widget_props(html):
+        for tok in props["tokens"]:
+            assert_inert(tok)
+        assert [t.replace(ZWSP, "") for t in props["tokens"]] == NASTY  # shown exactly as the tokens read
+    # head names are React text (escaped by React); only the JSON must not close the <script>
+    assert widget_props(html)[0]["attentionHeadNames"][0] == "</script><b>x"
+
+
+def test_plain_html_tokens_are_entity_escaped():
+    fig = viz.colored_tokens(NASTY, np.arange(6.0), title="<b>probe</b>")
+    html = fig.fragment()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;/div&gt;" in html
+    assert "&amp;amp;" in html and "&lt;b&gt;probe&lt;/b&gt;" in html
+    assert "<script>alert" not in html and "<img" not in html and "<b>" not in html
+
+
+def test_escape_token_keeps_ordinary_tokens():
+    assert viz.escape_token(" def") == " def" and viz.escape_token("a->b") == "a->b"
+    assert viz.escape_token("<x").replace(ZWSP, "") == "<x"
+
+
+# -- shapes and bad input -------------------------------------------------------------------------
+def test_attention_accepts_batched_and_unbatched_patterns():
+    p = causal_pattern(batch=2)
+    a = widget_props(viz.attention_heads(p, NASTY, batch_index=1).fragment())[0]
+    b = widget_props(viz.attention_heads(p[1], NASTY).fragment())[0]
+    assert a["attention"] == b["attention"]
+    assert np.allclose(a["attention"], p[1].numpy(), atol=1e-4)
+    assert a["attentionHeadNames"] == ["H0", "H1", "H2"]
+    assert widget_props(viz.attention_heads(p, NASTY, layer=4).fragment())[0]["attentionHeadNames"][2] == "L4H2"
+
+
+@pytest.mark.parametrize("pattern, tokens, match", [
+    (torch.rand(2, 3, 4, 5, 5), ["a"] * 5, r"\[head, q_pos, k_pos\]"),
+    (torch.rand(3, 5, 6), ["a"] * 5, "square"),
+    (torch.rand(3, 5, 5), ["a"] * 4, "4 tokens for a pattern over 5 positions"),
+    (torch.full((3, 5, 5), float("nan")), ["a"] * 5, "NaN"),
+    (torch.rand(3, 5, 5), "hello", "list of token strings"),
+    (torch.rand(3, 5, 5), [["a"] * 5, ["b"] * 5], "one sequence"),
+    ("not numbers", ["a"], "must be numbers"),
+])
+def test_attention_rejects_bad_input_clearly(pattern, tokens, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        viz.attention_heads(pattern, tokens)
+
+
+def test_attention_bad_batch_index_and_head_names():
+    with pytest.raises(IndexError, match="batch_index 2"):
+        viz.attention_heads(causal_pattern(batch=2), NASTY, batch_index=2)
+    with pytest.raises(ValueError, match="2 head names for 3 heads"):
+        viz.attention_heads(causal_pattern(), NASTY, head_names=["a", "b"])
+
+
+def test_colored_tokens_bad_input():
+    with pytest.raises(ValueError, match="one value per token"):
+        viz.colored_tokens(["a", "b"], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="hex"):
+        viz.colored_tokens(["a"], [1.0], positive_color="blue")
+    with pytest.raises(ValueError, match=r"\[pos, k\]"):
+        viz.colored_tokens_multi(["a", "b"], torch.rand(3, 2))
+    with pytest.raises(ValueError, match="1 labels for 2"):
+        viz.colored_tokens_multi(["a", "b"], torch.rand(2, 2), labels=["x"])
+
+
+def test_colored_tokens_colour_scale():
+    fig = viz.colored_tokens(["a", "b", "c"], [-2.0, 0.0, 1.0])
+    assert (fig.min_value, fig.max_value) == (-2.0, 2.0)           # symmetric: 0 is white
+    assert fig.color(0.0) == (255, 255, 255) and fig.color(2.0) == (0x21, 0x66, 0xAC)
+    assert fig.color(-2.0) == (0xB2, 0x18, 0x2B)
+    seq = viz.colored_tokens(["a", "b"], [0.2, 0.6])                  # one sign: white -> colour
+    assert seq.color(0.2) == (255, 255, 255) and seq.color(0.6) == (0x21, 0x66, 0xAC)
+    assert 'title="1: &#x27;b&#x27; = 0.6"' in seq.fragment()
+
+
+# -- sources: a model run, a cache, a store ---------------------------------------------------------
+def test_layer_attention_from_model_and_cache_agree(tiny_model):
+    tokens = tiny_model.to_tokens("def add(a, b):\n    return a + b")[0]
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(tokens[None], names_filter="blocks.1.attn.hook_pattern")
+    p_model, t_model = viz.layer_pattern(tiny_model, 1, tokens=tokens)
+    p_cache, t_cache = viz.layer_pattern(cache, 1, tokens=tokens)
+    torch.testing.assert_close(p_model, cache["pattern", 1][0])
+    torch.testing.assert_close(p_cache, p_model)
+    assert t_model == t_cache == tiny_model.to_str_tokens(tokens)
+    p_dict, t_dict = viz.layer_pattern(dict(cache), 1, tokens=tokens)  # a plain dict has no model: ids
+    assert t_dict == tokens.tolist()
+    w = viz.layer_attention(tiny_model, 1, tokens="def add(a, b):\n    return a + b", view="patterns")
+    assert w.component == "AttentionPatterns"
+    props = widget_props(w.fragment())[0]
+    assert np.allclose(props["attention"], p_model.numpy(), atol=1e-4)
+    with pytest.raises(KeyError, match="names_filter='blocks.0.attn.hook_pattern'"):
+        viz.layer_pattern(cache, 0, tokens=tokens)
+    with pytest.raises(ValueError, match="view must be"):
+        viz.layer_attention(cache, 1, tokens=tokens, view="grid")
+    with pytest.raises(TypeError, match="source must be"):
+        viz.layer_pattern(42, 0)
+
+
+class FakeStore:
+    """The reader surface layer_pattern uses (``hooks``, ``store[hook][i:j]``, ``tokens``)."""
+
+    def __init__(self, pattern: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.hooks = {"blocks.0.attn.hook_pattern": (tuple(pattern.shape[1:]), torch.float16)}
+        self._data = {"blocks.0.attn.hook_pattern": pattern}
+        self.tokens = tokens
+
+    def __getitem__(self, hook: str) -> torch.Tensor:
+        return self._data[hook]
+
+
+def test_layer_pattern_from_a_store_reads_one_row(tiny_model):
+    pattern, ids = causal_pattern(batch=3), torch.randint(0, 400, (3, 6))
+    store = FakeStore(pattern, ids)
+    p, toks = viz.layer_pattern(store, 0, row=2, tokenizer=tiny_model.tokenizer)
+    torch.testing.assert_close(p, pattern[2])
+    assert toks == tiny_model.to_str_tokens(ids[2])
+    assert viz.layer_pattern(store, 0, row=1)[1] == ids[1].tolist()    # no tokenizer: the ids
+    with pytest.raises(KeyError, match="no blocks.1.attn.hook_pattern"):
+        viz.layer_pattern(store, 1)
+
+
+# -- charts ---------------------------------------------------------------------------------------
+def test_line_chart_draws_every_point():
+    steps, score = [0, 1, 2, 4, 8, 16], [0.01, 0.02, 0.02, 0.1, 0.6, 0.8]
+    fig = viz.line_chart({"best induction score": (steps, score), "loss": (steps, [4, 3.5, 3, 2, 1.5, 1.2])},
+                         title="induction <forming>", log_x=True)
+    svg = fig.fragment()
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 12
+    assert "induction &lt;forming&gt;" in svg and "(log scale)" in svg
+    pts = re.search(r'points="([^"]+)"', svg).group(1).split()
+    xs = [float(p.split(",")[0]) for p in pts]
+    assert xs == sorted(xs) and len(set(xs)) == 6
+    ys = [float(p.split(",")[1]) for p in pts]
+    assert ys[-1] < ys[0]                     # a larger score is drawn higher (smaller SVG y)
+    assert viz.line_chart([3.0, 1.0]).series["y"][0].tolist() == [0.0, 1.0]
+
+
+def test_line_chart_bad_input():
+    with pytest.raises(ValueError, match="3 x values but 2 y values"):
+        viz.line_chart({"a": ([0, 1, 2], [1.0, 2.0])})
+    with pytest.raises(ValueError, match="log_x needs x >= 0"):
+        viz.line_chart({"a": ([-1, 1], [1.0, 2.0])}, log_x=True)
+    with pytest.raises(ValueError, match="empty"):
+        viz.line_chart({"a": []})
+    with pytest.raises(ValueError, match="at least one"):
+        viz.line_chart({})
+    with pytest.raises(ValueError, match="1-D"):
+        viz.line_chart({"a": torch.rand(2, 3)})
+
+
+def test_nice_ticks():
+    assert viz.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert viz.nice_ticks(3, 97) == [20, 40, 60, 80]
+    assert viz.nice_ticks(2, 2) == [2]
+
+
+def test_metrics_chart_from_a_run_folder(tmp_path):
+    rows = [{"step": s, "loss": 5 - s / 10} for s in range(10)]
+    rows[4]["val_loss"], rows[9]["val_loss"] = 4.8, 4.2
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fig = viz.metrics_chart(tmp_path, keys=("loss", "val_loss"))
+    assert fig.series["loss"][0].tolist() == list(range(10))
+    assert fig.series["val_loss"][0].tolist() == [4, 9] and fig.series["val_loss"][1].tolist() == [4.8, 4.2]
+    with pytest.raises(KeyError, match="keys there"):
+        viz.metrics_chart(tmp_path, keys=("accuracy",))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1}\n{"step": 1, "lo')
+    with pytest.raises(ValueError, match="metrics.jsonl:2 is not JSON"):
+        viz.metrics_chart(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        viz.metrics_chart(tmp_path / "nope")

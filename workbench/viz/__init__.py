@@ -1,0 +1,14 @@
+"""Visualizations that render with no network: circuitsvis widgets with the bundle inlined, plain HTML, SVG.
+
+Every function returns a figure with ``_repr_html_`` (shows in Jupyter) and
+``save(path)`` (a standalone HTML page). ``Page(*figures)`` puts several on one
+page with the ~1.3 MB circuitsvis bundle inlined once. See docs/viz.md.
+"""
+from .attention import attention_heads, attention_patterns, layer_attention, layer_pattern
+from .html import CircuitsVisWidget, Figure, Page, circuitsvis_bundle, configure, escape_token
+from .plots import LineChart, line_chart, metrics_chart, nice_ticks
+from .tokens import ColoredTokens, colored_tokens, colored_tokens_multi
+
+__all__ = ["attention_heads", "attention_patterns", "layer_attention", "layer_pattern", "CircuitsVisWidget",
+           "Figure", "Page", "circuitsvis_bundle", "configure", "escape_token", "LineChart", "line_chart",
+           "metrics_chart", "nice_ticks", "ColoredTokens", "colored_tokens", "colored_tokens_multi"]

@@ -1,0 +1,151 @@
+"""Attention patterns of one layer as circuitsvis widgets, from a pattern, a model run, a cache or a store row."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from .html import CircuitsVisWidget, escape_token, rounded, str_tokens, to_numpy
+
+Tokens = Union[Sequence[str], Sequence[int], Any]
+
+
+def _pattern_3d(pattern: Any, tokens: Tokens, batch_index: int) -> tuple[np.ndarray, list[str]]:
+    """Validate ``pattern`` ``[head, q_pos, k_pos]`` (or ``[batch, head, q_pos, k_pos]``) against ``tokens``."""
+    arr = to_numpy(pattern, "pattern")
+    if arr.ndim == 4:
+        if not -arr.shape[0] <= batch_index < arr.shape[0]:
+            raise IndexError(f"batch_index {batch_index} is out of range for a batch of {arr.shape[0]}")
+        arr = arr[batch_index]
+    elif arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"pattern must be [head, q_pos, k_pos] or [batch, head, q_pos, k_pos], "
+                         f"got shape {tuple(arr.shape)}")
+    n_heads, q, k = arr.shape
+    if q != k:
+        raise ValueError(f"pattern must be square (q_pos == k_pos), got q_pos={q}, k_pos={k}: "
+                         "a pattern made with a KV cache covers only the new queries; rerun the full sequence")
+    toks = str_tokens(tokens)
+    if len(toks) != q:
+        raise ValueError(f"{len(toks)} tokens for a pattern over {q} positions: pass the str tokens of the "
+                         "same row the pattern came from")
+    return arr, [escape_token(t) for t in toks]
+
+
+def attention_heads(pattern: Any, tokens: Tokens, head_names: Optional[Sequence[str]] = None,
+                    layer: Optional[int] = None, batch_index: int = 0,
+                    max_value: Optional[float] = None, min_value: Optional[float] = None,
+                    mask_upper_tri: bool = True) -> CircuitsVisWidget:
+    """Every head of one layer: a thumbnail heatmap per head, one enlarged on click (circuitsvis ``AttentionHeads``).
+
+    Args:
+        pattern: attention probabilities ``[head, q_pos, k_pos]`` or ``[batch, head, q_pos, k_pos]``
+            (``cache["pattern", layer]``); values in [0, 1].
+        tokens: the ``q_pos`` token strings of that row (``model.to_str_tokens(row)``) or their ids.
+        head_names: one label per head; default ``L{layer}H{h}`` (or ``H{h}``).
+        batch_index: the row shown when ``pattern`` has a batch dimension.
+    Tokens are HTML-escaped (circuitsvis inserts them with innerHTML); the JSON
+    payload is about 6 bytes per number (values rounded to 4 decimals).
+    """
+    arr, toks = _pattern_3d(pattern, tokens, batch_index)
+    n_heads = arr.shape[0]
+    if head_names is None:
+        head_names = [f"L{layer}H{h}" if layer is not None else f"H{h}" for h in range(n_heads)]
+    head_names = [str(n) for n in head_names]  # React text nodes: React escapes them, tokens it does not
+    if len(head_names) != n_heads:
+        raise ValueError(f"{len(head_names)} head names for {n_heads} heads")
+    return CircuitsVisWidget("AttentionHeads", {
+        "attention": rounded(arr), "tokens": toks, "attentionHeadNames": head_names,
+        "maxValue": max_value, "minValue": min_value, "maskUpperTri": mask_upper_tri})
+
+
+def attention_patterns(pattern: Any, tokens: Tokens, batch_index: int = 0) -> CircuitsVisWidget:
+    """All heads of one layer over the text, hover a token to see where it attends (circuitsvis ``AttentionPatterns``).
+
+    ``pattern`` ``[head, q_pos, k_pos]`` or ``[batch, head, q_pos, k_pos]``; ``tokens`` as in ``attention_heads``.
+    """
+    arr, toks = _pattern_3d(pattern, tokens, batch_index)
+    return CircuitsVisWidget("AttentionPatterns", {"attention": rounded(arr), "tokens": toks})
+
+
+def _is_str_list(tokens: Any) -> bool:
+    return isinstance(tokens, (list, tuple)) and len(tokens) > 0 and isinstance(tokens[0], str)
+
+
+def _strings(ids: Any, tokenizer: Any) -> list:
+    """Str tokens of one row of ids via ``tokenizer`` (a Tokenizer or a model with one), else the ids."""
+    import torch
+    if _is_str_list(ids):
+        return list(ids)
+    ids = torch.as_tensor(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"expected the ids of one row [pos], got shape {tuple(ids.shape)}")
+    if tokenizer is None or getattr(tokenizer, "tokenizer", True) is None:  # a model without a tokenizer
+        return ids.tolist()
+    return list(tokenizer.to_str_tokens(ids))
+
+
+def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
+                  tokenizer: Any = None) -> tuple[Any, list]:
+    """The attention pattern ``[head, pos, pos]`` of ``layer`` and the row's str tokens, from any source.
+
+    ``source`` is one of:
+      - a hooked model (``PhiModel``): ``tokens`` (ids ``[pos]``/``[batch, pos]`` or text) is run with a cache
+        of only ``blocks.{layer}.attn.hook_pattern``; the model's tokenizer names the tokens;
+      - an ``ActivationCache`` or dict holding that hook; ``tokens`` are the row's str tokens or ids
+        (``[pos]`` or ``[batch, pos]``), named by ``tokenizer`` or the cache's model;
+      - an ``ActivationStore`` (or a step view ``store.at_step(s)``) holding that hook: row ``row`` is read
+        lazily, its ids from the store (or ``tokens``) named by ``tokenizer`` (a ``Tokenizer`` or a model).
+    Without a tokenizer the ids themselves label the tokens.
+    """
+    import torch
+    hook = f"blocks.{layer}.attn.hook_pattern"
+    if hasattr(source, "run_with_cache") and hasattr(source, "hook_dict"):  # a model
+        if tokens is None:
+            raise ValueError("a model needs tokens=... (ids or text) to run")
+        if isinstance(tokens, str) or _is_str_list(tokens):
+            tokens = source.to_tokens(tokens)
+        ids = torch.as_tensor(tokens)
+        ids = ids[None] if ids.ndim == 1 else ids
+        with torch.no_grad():
+            _, cache = source.run_with_cache(ids.to(source.device), names_filter=hook)
+        return cache[hook][row], _strings(ids[row], tokenizer or source)
+    if hasattr(source, "hooks") and hasattr(source, "__getitem__") and not isinstance(source, dict) \
+            and not callable(getattr(source, "remove_batch_dim", None)):  # a store or a step view
+        if hook not in source.hooks:
+            raise KeyError(f"the store has no {hook}; it holds {sorted(source.hooks)[:8]}. "
+                           "Cache it with --hooks 'blocks.*.attn.hook_pattern'")
+        pattern = source[hook][row:row + 1][0]
+        if tokens is None:
+            if getattr(source, "tokens", None) is None:
+                raise ValueError("this store view has no tokens: pass tokens=store.tokens[row]")
+            tokens = source.tokens[row:row + 1][0]
+        return pattern, _strings(tokens, tokenizer)
+    if hasattr(source, "__getitem__") and hasattr(source, "__contains__"):  # a cache or a dict
+        if hook not in source:
+            raise KeyError(f"the cache has no {hook}: run_with_cache(..., names_filter='{hook}')")
+        pattern = source[hook]
+        if tokens is None:
+            raise ValueError("pass tokens=... (the str tokens or ids of the cached row)")
+        pattern = pattern[row] if pattern.ndim == 4 else pattern
+        if not _is_str_list(tokens):
+            ids = torch.as_tensor(tokens)
+            tokens = ids[row] if ids.ndim == 2 else ids
+        return pattern, _strings(tokens, tokenizer or getattr(source, "model", None))
+    raise TypeError(f"source must be a hooked model, an ActivationCache/dict or an ActivationStore, "
+                    f"got {type(source).__name__}")
+
+
+def layer_attention(source: Any, layer: int, tokens: Any = None, row: int = 0, tokenizer: Any = None,
+                    view: str = "heads", **kwargs: Any) -> CircuitsVisWidget:
+    """``attention_heads`` (``view="heads"``) or ``attention_patterns`` (``"patterns"``) for one layer of ``source``.
+
+    ``source`` is a model, a cache or a store, as in ``layer_pattern``.
+    """
+    if view not in ("heads", "patterns"):
+        raise ValueError(f"view must be 'heads' or 'patterns', got {view!r}")
+    pattern, toks = layer_pattern(source, layer, tokens=tokens, row=row, tokenizer=tokenizer)
+    if view == "heads":
+        return attention_heads(pattern, toks, layer=layer, **kwargs)
+    return attention_patterns(pattern, toks, **kwargs)

@@ -1,0 +1,178 @@
+"""Line charts as self-contained SVG (no script, no CDN, no matplotlib): loss curves, scores per training step."""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .html import Figure, to_numpy
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+Series = Union[Sequence[float], Any, tuple[Any, Any]]
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.2e}"
+
+
+class LineChart(Figure):
+    """An SVG line chart (see ``line_chart``); ``.series`` holds the plotted ``(x, y)`` arrays."""
+
+    def __init__(self, series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, x_label: str,
+                 y_label: str, log_x: bool, width: int, height: int, markers: bool) -> None:
+        self.series, self.title, self.x_label, self.y_label = series, title, x_label, y_label
+        self.log_x, self.width, self.height, self.markers = log_x, width, height, markers
+
+    def _xpos(self, x: np.ndarray) -> np.ndarray:
+        return np.log10(1 + x) if self.log_x else x  # log10(1 + step) so step 0 fits on a log axis
+
+    def fragment(self) -> str:
+        w, h = self.width, self.height
+        left, right, top, bottom = 64, 16 + (170 if len(self.series) > 1 else 0), 34, 46
+        xs = np.concatenate([self._xpos(x) for x, _ in self.series.values()])
+        ys = np.concatenate([y for _, y in self.series.values()])
+        x0, x1 = float(xs.min()), float(xs.max())
+        y0, y1 = float(ys.min()), float(ys.max())
+        if x1 == x0:
+            x0, x1 = x0 - 1, x1 + 1
+        if y1 == y0:
+            y0, y1 = y0 - (abs(y0) or 1) * 0.1, y1 + (abs(y1) or 1) * 0.1
+        pad = (y1 - y0) * 0.05
+        y0, y1 = y0 - pad, y1 + pad
+        pw, ph = w - left - right, h - top - bottom
+
+        def px(v: float) -> float:
+            return left + (v - x0) / (x1 - x0) * pw
+
+        def py(v: float) -> float:
+            return top + (1 - (v - y0) / (y1 - y0)) * ph
+
+        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+               'font-family="sans-serif" font-size="11" class="workbench-chart">',
+               f'<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>']
+        if self.title:
+            out.append(f'<text x="{w / 2:.1f}" y="18" text-anchor="middle" font-size="14" '
+                       f'font-weight="bold">{html.escape(self.title)}</text>')
+        for t in nice_ticks(y0, y1):  # horizontal grid + y labels
+            out.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e5e5e5"/>')
+            out.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        if self.log_x:
+            decades = range(0, int(math.floor(x1)) + 1)
+            xticks = [(math.log10(1 + 10 ** k), 10 ** k) for k in decades] + ([(0.0, 0)] if x0 <= 0 else [])
+        else:
+            xticks = [(t, t) for t in nice_ticks(x0, x1)]
+        for pos, label in xticks:
+            if x0 - 1e-9 <= pos <= x1 + 1e-9:
+                out.append(f'<line x1="{px(pos):.1f}" x2="{px(pos):.1f}" y1="{top + ph}" y2="{top + ph + 4}" '
+                           'stroke="#333"/>')
+                out.append(f'<text x="{px(pos):.1f}" y="{top + ph + 16}" text-anchor="middle">{_fmt(label)}</text>')
+        out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+        x_label = self.x_label + (" (log scale)" if self.log_x else "")
+        out.append(f'<text x="{left + pw / 2:.1f}" y="{h - 8}" text-anchor="middle">{html.escape(x_label)}</text>')
+        out.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
+                   f'{html.escape(self.y_label)}</text>')
+        for i, (name, (x, y)) in enumerate(self.series.items()):
+            color = PALETTE[i % len(PALETTE)]
+            pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(self._xpos(x), y))
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}">'
+                       f'<title>{html.escape(name)}</title></polyline>')
+            if self.markers and len(x) <= 200:
+                for a, b, xa in zip(self._xpos(x), y, x):
+                    out.append(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="{color}">'
+                               f'<title>{html.escape(name)}: x={_fmt(float(xa))}, y={_fmt(float(b))}</title></circle>')
+            if len(self.series) > 1:
+                ly = top + 12 + 16 * i
+                out.append(f'<line x1="{w - right + 10}" x2="{w - right + 28}" y1="{ly - 4}" y2="{ly - 4}" '
+                           f'stroke="{color}" stroke-width="2"/>')
+                out.append(f'<text x="{w - right + 32}" y="{ly}">{html.escape(name[:24])}</text>')
+        out.append("</svg>")
+        return '<div style="margin: 10px 0;">' + "\n".join(out) + "</div>\n"
+
+    def __repr__(self) -> str:
+        return f"LineChart({self.title!r}, series={list(self.series)})"
+
+
+def _as_xy(name: str, s: Series) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(s, tuple) and len(s) == 2:
+        x, y = to_numpy(s[0], f"x of {name!r}"), to_numpy(s[1], f"y of {name!r}")
+    else:
+        y = to_numpy(s, f"series {name!r}")
+        x = np.arange(len(y), dtype=np.float64) if y.ndim == 1 else y
+    if x.ndim != 1 or y.ndim != 1:
+        raise ValueError(f"series {name!r} must be 1-D y values or an (x, y) pair of 1-D arrays, "
+                         f"got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    if len(x) != len(y):
+        raise ValueError(f"series {name!r}: {len(x)} x values but {len(y)} y values")
+    if len(y) == 0:
+        raise ValueError(f"series {name!r} is empty")
+    return x, y
+
+
+def line_chart(series: Union[Mapping[str, Series], Series], title: str = "", x_label: str = "step",
+               y_label: str = "", log_x: bool = False, width: int = 640, height: int = 360,
+               markers: bool = True) -> LineChart:
+    """A line chart as inline SVG: shows in Jupyter without trust, saves as a standalone page.
+
+    Args:
+        series: ``{name: y}`` or ``{name: (x, y)}`` of 1-D numbers (tensors, arrays, lists), or one
+            such series. E.g. ``{"best induction score": (steps, scores)}``.
+        log_x: x on a log scale as ``log10(1 + x)``, so step 0 fits (for log-spaced checkpoints).
+        markers: a dot with a hover tooltip at each point (up to 200 points per series).
+    """
+    if not isinstance(series, Mapping):
+        series = {y_label or "y": series}
+    if not series:
+        raise ValueError("line_chart needs at least one series")
+    xy = {str(name): _as_xy(str(name), s) for name, s in series.items()}
+    if log_x and any((x < 0).any() for x, _ in xy.values()):
+        raise ValueError("log_x needs x >= 0")
+    return LineChart(xy, title, x_label, y_label, log_x, width, height, markers)
+
+
+def metrics_chart(metrics: Union[str, Path, Sequence[Mapping[str, Any]]], keys: Sequence[str] = ("loss",),
+                  x_key: str = "step", title: str = "training curves", **kwargs: Any) -> LineChart:
+    """Curves from a run's ``metrics.jsonl`` (or its rows as dicts): one series per key in ``keys``.
+
+    Rows missing a key (e.g. validation loss, logged less often) are skipped for that key only.
+    A folder path means ``FOLDER/metrics.jsonl``.
+    """
+    if isinstance(metrics, (str, Path)):
+        path = Path(metrics)
+        if path.is_dir():
+            path = path / "metrics.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"no metrics file at {path}")
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n} is not JSON ({e}); was the run killed mid-line?") from e
+    else:
+        rows = list(metrics)
+    series = {}
+    for key in keys:
+        pts = [(r[x_key], r[key]) for r in rows if key in r and x_key in r and r[key] is not None]
+        if pts:
+            series[key] = ([p[0] for p in pts], [p[1] for p in pts])
+    if not series:
+        found = sorted({k for r in rows for k in r})
+        raise KeyError(f"none of {list(keys)} is in the metrics (keys there: {found})")
+    return line_chart(series, title=title, x_label=x_key, y_label=kwargs.pop("y_label", ", ".join(series)),
+                      **kwargs)
