@@ -1,0 +1,41 @@
+"""Learning-rate and recording schedules: warmup + cosine, and which steps to record."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """Multiplier on the peak lr at ``step``: linear warmup to 1, cosine down to ``min_ratio``.
+
+    ``step`` counts optimizer updates already made (the factor used for update ``step + 1``).
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, max_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, warmup: int, max_steps: int,
+                   min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` over ``lr_factor``; its state (``last_epoch``) goes into checkpoints."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, max_steps, min_ratio))
+
+
+def record_steps(max_steps: int, every: int, log_spaced: bool) -> list[int]:
+    """Steps at which activations are recorded, sorted, always including 0 and ``max_steps``.
+
+    ``every`` > 0 adds multiples of it; ``log_spaced`` adds 0, 1, 2, 4, 8, ...
+    (Pythia's checkpoint schedule): dense early, when circuits form fast.
+    """
+    steps = {0, max_steps}
+    if every > 0:
+        steps.update(range(0, max_steps + 1, every))
+    if log_spaced:
+        s = 1
+        while s <= max_steps:
+            steps.add(s)
+            s *= 2
+    return sorted(steps)
