@@ -262,3 +262,41 @@ def test_metrics_chart_from_a_run_folder(tmp_path):
         viz.metrics_chart(tmp_path)
     with pytest.raises(FileNotFoundError):
         viz.metrics_chart(tmp_path / "nope")
+
+
+def test_head_scores_chart_best_and_top_heads():
+    steps = [0, 10, 20]
+    scores = torch.zeros(3, 2, 4)
+    scores[:, 1, 2] = torch.tensor([0.0, 0.5, 0.9])     # the head that forms
+    scores[:, 0, 1] = torch.tensor([0.3, 0.2, 0.1])     # best early, fades
+    fig = viz.head_scores_chart(steps, scores, top=2)
+    assert list(fig.series) == ["best head", "L1H2", "L0H1"]
+    assert np.allclose(fig.series["best head"][1], [0.3, 0.5, 0.9])
+    assert fig.series["L1H2"][0].tolist() == steps
+    with pytest.raises(ValueError, match="n_steps = 2"):
+        viz.head_scores_chart([0, 1], scores)
+
+
+def test_logit_lens_tokens_scores_the_actual_next_token():
+    lens = torch.randn(3, 5, 11)                        # [entries, pos, vocab]
+    ids = torch.tensor([1, 4, 2, 9, 0])
+    w = viz.logit_lens_tokens(lens, ids, str_toks=list("abcde"))
+    props = widget_props(w.fragment())[0]
+    assert props["tokens"] == list("bcde") and props["labels"] == ["L0", "L1", "final"]
+    want = lens[1, 2].log_softmax(-1)[9].item()       # entry 1 at position 2 predicting token 3 (id 9)
+    assert props["values"][2][1] == pytest.approx(want, abs=1e-4)
+    batched = viz.logit_lens_tokens(lens[:, None].expand(3, 2, 5, 11), ids[None].expand(2, 5), batch_index=1)
+    assert widget_props(batched.fragment())[0]["values"] == props["values"]
+    with pytest.raises(ValueError, match="same pos"):
+        viz.logit_lens_tokens(lens, ids[:4])
+
+
+def test_logit_lens_tokens_on_a_real_cache(tiny_model):
+    from workbench.analysis.lens import logit_lens
+    tokens = tiny_model.to_tokens("def add(a, b):\n    return a + b")
+    with torch.no_grad():
+        logits, cache = tiny_model.run_with_cache(tokens)
+        lens = logit_lens(cache)
+    props = widget_props(viz.logit_lens_tokens(lens, tokens, tiny_model.to_str_tokens(tokens[0])).fragment())[0]
+    final = logits[0, :-1].log_softmax(-1).gather(-1, tokens[0, 1:, None])[:, 0]
+    assert np.allclose([row[-1] for row in props["values"]], final.numpy(), atol=1e-3)

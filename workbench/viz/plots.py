@@ -176,3 +176,27 @@ def metrics_chart(metrics: Union[str, Path, Sequence[Mapping[str, Any]]], keys: 
         raise KeyError(f"none of {list(keys)} is in the metrics (keys there: {found})")
     return line_chart(series, title=title, x_label=x_key, y_label=kwargs.pop("y_label", ", ".join(series)),
                       **kwargs)
+
+
+def head_scores_chart(steps: Sequence[int], scores: Any, top: int = 3, title: str = "head score per step",
+                      y_label: str = "score", **kwargs: Any) -> LineChart:
+    """The best head's score at each step, plus the curves of the ``top`` heads that end highest.
+
+    Args:
+        steps: ``n_steps`` training steps (e.g. ``store.steps`` of a recording).
+        scores: ``[n_steps, n_layers, n_heads]`` (or ``[n_steps, n_heads]``), e.g. the induction
+            score of every head at every recorded step.
+    """
+    arr = to_numpy(scores, "scores")
+    if arr.ndim == 2:
+        arr = arr[:, None]
+    if arr.ndim != 3 or arr.shape[0] != len(steps):
+        raise ValueError(f"scores must be [n_steps, n_layers, n_heads] with n_steps = {len(steps)}, "
+                         f"got shape {tuple(arr.shape)}")
+    x = np.asarray(list(steps), dtype=np.float64)
+    flat = arr.reshape(len(x), -1)
+    series: dict[str, Series] = {"best head": (x, flat.max(1))}
+    n_heads = arr.shape[2]
+    for idx in np.argsort(-flat[-1])[:max(top, 0)]:
+        series[f"L{idx // n_heads}H{idx % n_heads}"] = (x, flat[:, idx])
+    return line_chart(series, title=title, y_label=y_label, **kwargs)

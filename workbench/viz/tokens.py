@@ -119,3 +119,39 @@ def colored_tokens_multi(tokens: Sequence[Any], values: Any,
         "tokens": [escape_token(t) for t in toks], "values": rounded(vals),
         # labels are React text nodes (escaped by React), unlike the tokens
         "labels": [str(l) for l in labels] if labels is not None else [f"value {i}" for i in range(vals.shape[1])]})
+
+
+def logit_lens_tokens(lens_logits: Any, tokens: Any, str_toks: Optional[Sequence[str]] = None,
+                      labels: Optional[Sequence[str]] = None, batch_index: int = 0) -> CircuitsVisWidget:
+    """How well each layer's logit lens predicts the actual next token, token by token.
+
+    Args:
+        lens_logits: ``[n_entries, pos, d_vocab]`` or ``[n_entries, batch, pos, d_vocab]`` (from
+            ``workbench.analysis.lens.logit_lens(cache)``: the residual stream entering each layer,
+            then the final one, through the final LayerNorm and the unembedding).
+        tokens: the ids ``[pos]`` (or ``[batch, pos]``) that were run.
+        str_toks: their strings (default: the ids); labels: one name per entry (default ``L0`` ...).
+    Each token from the second on is coloured by the log-probability (nats) that each entry gave it
+    at the position before: ``[pos - 1, n_entries]`` values.
+    """
+    import torch
+    logits = torch.as_tensor(lens_logits)
+    ids = torch.as_tensor(tokens)
+    if logits.ndim == 4:
+        logits = logits[:, batch_index]
+    if ids.ndim == 2:
+        ids = ids[batch_index]
+    if logits.ndim != 3 or ids.ndim != 1 or logits.shape[1] != ids.shape[0]:
+        raise ValueError(f"lens_logits must be [n_entries, pos, d_vocab] and tokens [pos] with the same pos; "
+                         f"got {tuple(logits.shape)} and {tuple(ids.shape)}")
+    if ids.shape[0] < 2:
+        raise ValueError("need at least 2 tokens: each token is scored at the position before it")
+    logprobs = logits[:, :-1].float().log_softmax(-1)                    # [entries, pos-1, vocab]
+    nxt = ids[1:].to(logprobs.device)
+    values = logprobs.gather(-1, nxt[None, :, None].expand(logprobs.shape[0], -1, 1))[..., 0].T  # [pos-1, entries]
+    toks = list(str_toks) if str_toks is not None else ids.tolist()
+    if len(toks) != ids.shape[0]:
+        raise ValueError(f"{len(toks)} str tokens for {ids.shape[0]} ids")
+    if labels is None:
+        labels = [f"L{i}" for i in range(values.shape[1] - 1)] + ["final"]
+    return colored_tokens_multi(toks[1:], values, labels)
