@@ -1,0 +1,270 @@
+"""StoreWriter + ActivationStore: round trips, bounded memory, recordings, errors."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.store import ActivationStore, StoreWriter
+from workbench.store import writer as writer_mod
+
+RESID, PATTERN = "blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern"
+
+
+def _data(n=37, pos=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 500, (n, pos), generator=g),
+            {RESID: torch.randn(n, pos, 16, generator=g).bfloat16(),
+             PATTERN: torch.rand(n, 2, pos, pos, generator=g).half()})
+
+
+def _write(path, toks, acts, batch=5, **kw):
+    hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
+    with StoreWriter(path, hooks, seq_len=toks.shape[1], **kw) as w:
+        for i in range(0, len(toks), batch):
+            w.append(toks[i:i + batch], {h: t[i:i + batch] for h, t in acts.items()})
+    return w
+
+
+def test_round_trip_every_reader_path(tmp_path):
+    toks, acts = _data()
+    _write(tmp_path / "a.h5", toks, acts, attrs={"model_config": {"d_model": 16}, "model_source": "tiny"})
+    with ActivationStore.open(tmp_path / "a.h5") as s:
+        assert len(s) == 37 and s.seq_len == 8
+        assert s.hooks == {RESID: ((8, 16), torch.bfloat16), PATTERN: ((2, 8, 8), torch.float16)}
+        assert s.attrs["model_config"] == {"d_model": 16} and s.attrs["model_source"] == "tiny"
+        assert s.attrs["hooks"][RESID]["stored_dtype"] == "uint16"
+        t = s.tokens[:]
+        assert t.dtype == torch.long and torch.equal(t, toks)
+        got = s[RESID][:]
+        assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), acts[RESID].view(torch.int16))
+        assert torch.equal(s[PATTERN][3:9], acts[PATTERN][3:9])
+        assert torch.equal(s[PATTERN][[7, 2, 2, -1]], acts[PATTERN][[7, 2, 2, -1]])
+        assert torch.equal(s[RESID][5, -1], acts[RESID][5, -1])
+        assert torch.equal(s[PATTERN][::4], acts[PATTERN][::4])
+        with pytest.raises(IndexError):
+            s[RESID][37]
+        batches = list(s.iter_batches([RESID], batch_size=16))
+        assert [b[0].shape[0] for b in batches] == [16, 16, 5]
+        assert torch.equal(torch.cat([b[1][RESID] for b in batches]), acts[RESID])
+        cache = s.to_cache(slice(2, 6))
+        assert set(cache) == {RESID, PATTERN} and torch.equal(cache[PATTERN], acts[PATTERN][2:6])
+        assert torch.equal(cache["pattern", 1], acts[PATTERN][2:6])    # TL shorthand keys work
+        with pytest.raises(KeyError, match="closest valid names"):
+            s["blocks.0.hook_resid_pst"]
+
+
+def test_probe_dataset_random_access_and_dataloader(tmp_path):
+    toks, acts = _data()
+    _write(tmp_path / "a.h5", toks, acts)
+    labels = torch.arange(37) % 3
+    with ActivationStore.open(tmp_path / "a.h5") as s:
+        ds = s.probe_dataset(RESID, labels, pos=-1, rows=[30, 4, 11])
+        assert len(ds) == 3 and ds.cache_bytes == 0   # uncompressed: read rows directly, no chunk cache
+        x, y = ds[1]
+        assert x.dtype == torch.float32 and torch.equal(x, acts[RESID][4, -1].float()) and y == labels[4]
+        X, Y = ds.load()
+        assert torch.equal(X, acts[RESID][[30, 4, 11], -1].float()) and torch.equal(Y, labels[[30, 4, 11]])
+        loader = torch.utils.data.DataLoader(s.probe_dataset(RESID, labels), batch_size=8, shuffle=True,
+                                             generator=torch.Generator().manual_seed(0))
+        seen = torch.cat([b[1] for b in loader])
+        assert sorted(seen.tolist()) == sorted(labels.tolist())
+        with pytest.raises(ValueError, match="labels has 5 entries"):
+            s.probe_dataset(RESID, torch.zeros(5))
+
+
+def test_meta_columns_and_labels_by_name(tmp_path):
+    toks, acts = _data(n=10)
+    hooks = {RESID: ((8, 16), torch.bfloat16)}
+    with StoreWriter(tmp_path / "m.h5", hooks, seq_len=8, meta={"label": "int64"}) as w:
+        w.append(toks, {RESID: acts[RESID]}, meta={"label": np.arange(10) % 2})
+        with pytest.raises(ValueError, match="meta must have exactly"):
+            w.append(toks, {RESID: acts[RESID]})
+    with ActivationStore.open(tmp_path / "m.h5") as s:
+        assert s.meta("label").tolist() == [0, 1] * 5
+        ds = s.probe_dataset(RESID, "label", pos=0)
+        assert ds[3][1] == 1
+
+
+def test_bad_appends_are_refused(tmp_path):
+    toks, acts = _data(n=4)
+    hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
+    with StoreWriter(tmp_path / "a.h5", hooks, seq_len=8) as w:
+        with pytest.raises(ValueError, match=r"expected shape \[4, 8, 16\]"):
+            w.append(toks, {RESID: acts[RESID][:, :, :4], PATTERN: acts[PATTERN]})
+        with pytest.raises(ValueError, match="missing"):
+            w.append(toks, {RESID: acts[RESID]})
+        with pytest.raises(ValueError, match=r"tokens must be \[rows, 8\]"):
+            w.append(toks[:, :3], acts)
+        w.append(toks, acts)
+    assert len(ActivationStore.open(tmp_path / "a.h5")) == 4
+    with pytest.raises(FileExistsError):
+        StoreWriter(tmp_path / "a.h5", hooks, seq_len=8, mode="w-")
+
+
+def test_queue_memory_stays_bounded(tmp_path, monkeypatch):
+    """A slow disk makes append wait: the queue never holds more than max_queue_bytes (+1 batch)."""
+    toks, acts = _data(n=64)
+    hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
+    batch_bytes = 4 * 8 * 4 + sum(t[:4].numel() * t.element_size() for t in acts.values())
+    peak = []
+    real_write = StoreWriter._write
+
+    def slow_write(self, item):
+        peak.append(self._queued_bytes)
+        time.sleep(0.005)
+        real_write(self, item)
+
+    monkeypatch.setattr(StoreWriter, "_write", slow_write)
+    with StoreWriter(tmp_path / "a.h5", hooks, seq_len=8, max_queue_bytes=3 * batch_bytes) as w:
+        for i in range(0, 64, 4):
+            w.append(toks[i:i + 4], {h: t[i:i + 4] for h, t in acts.items()})
+    assert len(peak) == 16 and max(peak) <= 3 * batch_bytes
+    with ActivationStore.open(tmp_path / "a.h5") as s:
+        assert torch.equal(s[PATTERN][:], acts[PATTERN])
+
+
+def test_writer_errors_reach_the_caller(tmp_path, monkeypatch):
+    toks, acts = _data(n=8)
+    hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
+
+    def broken(self, item):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(StoreWriter, "_write", broken)
+    w = StoreWriter(tmp_path / "a.h5", hooks, seq_len=8)
+    w.append(toks[:4], {h: t[:4] for h, t in acts.items()})
+    with pytest.raises(RuntimeError, match="No space left"):
+        w.close()
+
+
+def test_recording_mode_steps_and_resume(tmp_path):
+    probe = torch.randint(0, 50, (6, 8))
+    hooks = {RESID: ((8, 16), torch.float16)}
+    path = tmp_path / "rec.h5"
+    with StoreWriter(path, hooks, seq_len=8, steps=True, probe_tokens=probe, attrs={"run": "r1"}) as w:
+        for step in (0, 10, 20):
+            w.append_step(step, {RESID: torch.full((6, 8, 16), float(step))})
+        with pytest.raises(ValueError, match="steps must increase"):
+            w.append_step(20, {RESID: torch.zeros(6, 8, 16)})
+    with StoreWriter(path, hooks, seq_len=8, steps=True, mode="a") as w:
+        assert w.steps == [0, 10, 20]
+        w.append_step(30, {RESID: torch.full((6, 8, 16), 30.0)})
+    with ActivationStore.open(path) as s:
+        assert s.steps == [0, 10, 20, 30] and len(s) == 6 and torch.equal(s.tokens[:], probe)
+        v = s.at_step(20)
+        assert v[RESID][:].shape == (6, 8, 16) and bool((v[RESID][2:4] == 20).all())
+        assert s[RESID][:].shape == (4, 6, 8, 16)
+        assert torch.equal(v.to_cache(slice(0, 2))[RESID], torch.full((2, 8, 16), 20.0, dtype=torch.float16))
+        x, y = v.probe_dataset(RESID, torch.arange(6), pos=-1)[5]
+        assert bool((x == 20).all()) and y == 5
+        with pytest.raises(KeyError, match="nearest recorded steps"):
+            s.at_step(15)
+        with pytest.raises(ValueError, match="at_step"):
+            s.to_cache()
+
+
+def test_resume_refuses_different_hooks(tmp_path):
+    toks, acts = _data(n=5)
+    _write(tmp_path / "a.h5", toks, acts)
+    with pytest.raises(ValueError, match="hooks differ"):
+        StoreWriter(tmp_path / "a.h5", {RESID: ((8, 16), torch.float16)}, seq_len=8, mode="a")
+    with pytest.raises(ValueError, match="seq_len"):
+        StoreWriter(tmp_path / "a.h5", {RESID: ((8, 16), torch.bfloat16)}, seq_len=9, mode="a")
+
+
+def test_non_hdf5_and_truncated_files_give_one_clear_error(tmp_path):
+    bad = tmp_path / "notes.h5"
+    bad.write_text("not hdf5 at all\n")
+    with pytest.raises(ValueError, match="not an HDF5 file"):
+        ActivationStore.open(bad)
+    toks, acts = _data()
+    _write(tmp_path / "a.h5", toks, acts)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes((tmp_path / "a.h5").read_bytes()[:3000])
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        ActivationStore.open(cut)
+    with pytest.raises(FileNotFoundError):
+        ActivationStore.open(tmp_path / "missing.h5")
+
+
+_READER = """
+import sys, torch
+from workbench.store import ActivationStore
+s = ActivationStore.open(sys.argv[1])
+print(len(s), float(s["{h}"][:].float().sum()), int(s.tokens[:].sum()))
+""".replace("{h}", RESID)
+
+
+def _read_in_another_process(path):
+    out = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    n, act_sum, tok_sum = out.stdout.split()
+    return int(n), float(act_sum), int(tok_sum)
+
+
+def test_another_process_reads_while_the_writer_is_mid_way(tmp_path):
+    toks, acts = _data(n=40)
+    hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
+    path = tmp_path / "live.h5"
+    w = StoreWriter(path, hooks, seq_len=8, flush_seconds=0)
+    w.append(toks[:10], {h: t[:10] for h, t in acts.items()})
+    w.append(toks[10:25], {h: t[10:25] for h, t in acts.items()})
+    w.flush()
+    n, act_sum, tok_sum = _read_in_another_process(path)
+    assert n == 25 and tok_sum == int(toks[:25].sum())
+    assert act_sum == pytest.approx(float(acts[RESID][:25].float().sum()), rel=1e-6)
+    w.append(toks[25:], {h: t[25:] for h, t in acts.items()})
+    w.close()
+    assert _read_in_another_process(path)[0] == 40
+
+
+_KILLED_WRITER = """
+import sys, torch
+from workbench.store import StoreWriter
+hooks = {"h": ((8, 32), torch.float16)}
+with StoreWriter(sys.argv[1], hooks, seq_len=8, flush_seconds=0) as w:
+    i = 0
+    while True:   # rows whose values encode their index, until killed
+        w.append(torch.full((4, 8), i % 1000), {"h": torch.arange(i, i + 4).half()[:, None, None].expand(4, 8, 32)})
+        i += 4
+"""
+
+
+def test_sigkill_leaves_complete_rows_and_resume_continues(tmp_path):
+    path = tmp_path / "killed.h5"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)])
+    try:
+        deadline = time.monotonic() + 30
+        n = 0
+        while n < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if path.exists():
+                try:
+                    with ActivationStore.open(path) as s:
+                        n = len(s)
+                except (ValueError, OSError):
+                    pass   # the file is being created
+    finally:
+        proc.kill()
+        proc.wait()
+    assert n >= 200, "the writer never got going"
+    with ActivationStore.open(path) as s:
+        n = len(s)
+        h = s["h"][:]
+        assert n >= 200 and n % 4 == 0
+        assert torch.equal(h[:, 0, 0], torch.arange(n).half())
+    with StoreWriter(path, {"h": ((8, 32), torch.float16)}, seq_len=8, mode="a") as w:
+        assert w.n_rows == n
+        w.append(torch.zeros(4, 8, dtype=torch.long), {"h": torch.arange(n, n + 4).half()[:, None, None].expand(4, 8, 32)})
+    with ActivationStore.open(path) as s:
+        assert len(s) == n + 4 and torch.equal(s["h"][:, 0, 0], torch.arange(n + 4).half())
+    if shutil.which("h5dump"):   # closed cleanly again: the standard tools read it
+        out = subprocess.run(["h5dump", "-H", str(path)], capture_output=True, text=True)
+        assert out.returncode == 0 and "hooks" in out.stdout
