@@ -70,5 +70,10 @@ class ActivationCache(Mapping):
         return sum(v.numel() for v in self._data.values())
 
     def nbytes(self) -> int:
-        """Bytes held by the cached tensors."""
-        return sum(v.numel() * v.element_size() for v in self._data.values())
+        """Bytes of memory the cached tensors keep alive (each underlying storage counted once)."""
+        seen: dict[tuple, int] = {}
+        for v in self._data.values():
+            storage = v.untyped_storage()
+            ptr = storage.data_ptr()
+            seen[(v.device, ptr) if ptr else ("no data", id(v))] = storage.nbytes()  # meta: no pointer
+        return sum(seen.values())

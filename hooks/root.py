@@ -121,7 +121,13 @@ class HookedRootModule(nn.Module):
                     t = t[:, pos_slice] if t.ndim >= 2 else t
                 if remove_batch_dim:
                     t = t[0]
-                cache[key] = t.to(device) if device is not None else t
+                if device is not None:
+                    t = t.to(device)
+                if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+                    # A view into a bigger tensor (q of the fused qkv, a pos_slice) would keep
+                    # all of it alive: copy, so the cache holds exactly what was asked for.
+                    t = t.clone()
+                cache[key] = t
             return hook
 
         fwd = [(n, save(n)) for n in names]
