@@ -300,3 +300,21 @@ def test_logit_lens_tokens_on_a_real_cache(tiny_model):
     props = widget_props(viz.logit_lens_tokens(lens, tokens, tiny_model.to_str_tokens(tokens[0])).fragment())[0]
     final = logits[0, :-1].log_softmax(-1).gather(-1, tokens[0, 1:, None])[:, 0]
     assert np.allclose([row[-1] for row in props["values"]], final.numpy(), atol=1e-3)
+
+
+def test_line_chart_in_a_notebook_is_a_data_uri_image_and_saves_as_svg(tmp_path):
+    import base64
+    import xml.etree.ElementTree as ET
+    fig = viz.line_chart({"loss": [3.0, 2.0, 1.5]}, title="a & b")
+    m = re.search(r'<img src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', fig._repr_html_())
+    assert m and base64.b64decode(m.group(1)).decode() == fig.svg()
+    root = ET.fromstring(fig.save(tmp_path / "loss.svg").read_text())   # well-formed standalone SVG
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert "<svg" in fig.save(tmp_path / "loss.html").read_text()
+
+
+def test_widget_says_what_to_do_where_scripts_do_not_run():
+    frag = viz.attention_heads(causal_pattern(), NASTY).fragment()
+    div = re.search(r'<div id="(wb-viz-[0-9a-f]+)"[^>]*>(.*?)</div>', frag)
+    assert "jupyter trust" in div.group(2)                      # what an untrusted notebook shows
+    assert f'var id = "{div.group(1)}"' in frag                 # the script renders into that div

@@ -164,6 +164,10 @@ class Figure:
         return self.to_html()
 
 
+PLACEHOLDER = ("[interactive circuitsvis figure: it shows when its script runs; in Jupyter, run the cell "
+               "or trust the notebook (jupyter trust NOTEBOOK.ipynb)]")
+
+
 class CircuitsVisWidget(Figure):
     """One circuitsvis React component with its props, rendered from the inlined bundle."""
 
@@ -178,7 +182,9 @@ class CircuitsVisWidget(Figure):
     def fragment(self) -> str:
         style = "margin: 15px 0;" + (f" min-height: {self.height}px;" if self.height else "")
         # Poll briefly for window.CircuitsVis: with inline_bundle="once" it comes from another output.
-        return (f'<div id="{self.id}" class="workbench-viz" style="{style}"></div>\n'
+        # The placeholder text stays only where scripts do not run (an untrusted notebook); React replaces it.
+        return (f'<div id="{self.id}" class="workbench-viz" style="{style}">'
+                f'<span style="color: #888;">{PLACEHOLDER}</span></div>\n'
                 "<script>\n(function () {\n"
                 f'  var id = "{self.id}", props = {script_json(self.props)}, tries = 0;\n'
                 "  function draw() {\n"

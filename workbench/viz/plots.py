@@ -1,6 +1,7 @@
 """Line charts as self-contained SVG (no script, no CDN, no matplotlib): loss curves, scores per training step."""
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -42,6 +43,27 @@ class LineChart(Figure):
         return np.log10(1 + x) if self.log_x else x  # log10(1 + step) so step 0 fits on a log axis
 
     def fragment(self) -> str:
+        """The inline ``<svg>`` (hover tooltips on points), for pages written by ``save``."""
+        return '<div style="margin: 10px 0;">' + self.svg() + "</div>\n"
+
+    def _repr_html_(self) -> str:
+        """An ``<img>`` of the SVG as a data URI: JupyterLab strips inline ``<svg>`` from untrusted
+        notebooks but keeps data-URI images, so the chart shows trusted or not (without tooltips)."""
+        data = base64.b64encode(self.svg().encode("utf-8")).decode("ascii")
+        return (f'<div style="margin: 10px 0;"><img src="data:image/svg+xml;base64,{data}" '
+                f'alt="{html.escape(self.title or "chart")}" width="{self.width}" height="{self.height}"/></div>')
+
+    def save(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
+        """A standalone HTML page, or the bare SVG when ``path`` ends in ``.svg``."""
+        path = Path(path)
+        if path.suffix.lower() != ".svg":
+            return super().save(path, title)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.svg(), encoding="utf-8")
+        return path
+
+    def svg(self) -> str:
+        """The chart as a standalone SVG document (no script, no external reference)."""
         w, h = self.width, self.height
         left, right, top, bottom = 64, 16 + (170 if len(self.series) > 1 else 0), 34, 46
         xs = np.concatenate([self._xpos(x) for x, _ in self.series.values()])
@@ -101,7 +123,7 @@ class LineChart(Figure):
                            f'stroke="{color}" stroke-width="2"/>')
                 out.append(f'<text x="{w - right + 32}" y="{ly}">{html.escape(name[:24])}</text>')
         out.append("</svg>")
-        return '<div style="margin: 10px 0;">' + "\n".join(out) + "</div>\n"
+        return "\n".join(out)
 
     def __repr__(self) -> str:
         return f"LineChart({self.title!r}, series={list(self.series)})"
