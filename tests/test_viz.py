@@ -190,27 +190,34 @@ def test_layer_attention_from_model_and_cache_agree(tiny_model):
         viz.layer_pattern(42, 0)
 
 
-class FakeStore:
-    """The reader surface layer_pattern uses (``hooks``, ``store[hook][i:j]``, ``tokens``)."""
-
-    def __init__(self, pattern: torch.Tensor, tokens: torch.Tensor) -> None:
-        self.hooks = {"blocks.0.attn.hook_pattern": (tuple(pattern.shape[1:]), torch.float16)}
-        self._data = {"blocks.0.attn.hook_pattern": pattern}
-        self.tokens = tokens
-
-    def __getitem__(self, hook: str) -> torch.Tensor:
-        return self._data[hook]
-
-
-def test_layer_pattern_from_a_store_reads_one_row(tiny_model):
-    pattern, ids = causal_pattern(batch=3), torch.randint(0, 400, (3, 6))
-    store = FakeStore(pattern, ids)
-    p, toks = viz.layer_pattern(store, 0, row=2, tokenizer=tiny_model.tokenizer)
-    torch.testing.assert_close(p, pattern[2])
-    assert toks == tiny_model.to_str_tokens(ids[2])
-    assert viz.layer_pattern(store, 0, row=1)[1] == ids[1].tolist()    # no tokenizer: the ids
-    with pytest.raises(KeyError, match="no blocks.1.attn.hook_pattern"):
-        viz.layer_pattern(store, 1)
+def test_layer_pattern_from_a_store_row_and_a_recorded_step(tiny_model, tmp_path):
+    from workbench.store import ActivationStore, StoreWriter
+    hook = "blocks.1.attn.hook_pattern"
+    ids = tiny_model.to_tokens(["def add(a, b): return a", "class Point: x = y + 1"])[:, :6]
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(ids, names_filter=hook)
+    spec = {hook: (tuple(cache[hook].shape[1:]), torch.float32)}
+    with StoreWriter(tmp_path / "c.h5", spec, seq_len=6, attrs={"tokenizer": tiny_model.tokenizer.tok.to_str()}) as w:
+        w.append(ids, {hook: cache[hook]})
+    with StoreWriter(tmp_path / "r.h5", spec, seq_len=6, steps=True, probe_tokens=ids) as w:
+        w.append_step(0, {hook: cache[hook] * 0 + 1 / 6})
+        w.append_step(5, {hook: cache[hook]})
+    with ActivationStore.open(tmp_path / "c.h5") as store:
+        p, toks = viz.layer_pattern(store, 1, row=1)                       # tokenizer from the store's attrs
+        torch.testing.assert_close(p, cache[hook][1])
+        assert toks == tiny_model.to_str_tokens(ids[1])
+        with pytest.raises(KeyError, match="no blocks.0.attn.hook_pattern"):
+            viz.layer_pattern(store, 0)
+        with pytest.raises(ValueError, match="holds no steps"):
+            viz.layer_pattern(store, 1, step=5)
+    with ActivationStore.open(tmp_path / "r.h5") as rec:
+        p, toks = viz.layer_pattern(rec, 1, row=0, step=5, tokenizer=tiny_model)
+        torch.testing.assert_close(p, cache[hook][0])
+        assert toks == tiny_model.to_str_tokens(ids[0])
+        assert viz.layer_pattern(rec.at_step(0), 1)[1] == ids[0].tolist()     # no tokenizer anywhere: ids
+        assert viz.layer_attention(rec, 1, step=0).component == "AttentionHeads"
+        with pytest.raises(ValueError, match=r"recorded steps: \[0, 5\]"):
+            viz.layer_pattern(rec, 1)
 
 
 # -- charts ---------------------------------------------------------------------------------------

@@ -86,8 +86,19 @@ def _strings(ids: Any, tokenizer: Any) -> list:
     return list(tokenizer.to_str_tokens(ids))
 
 
+def _store_tokenizer(store: Any) -> Any:
+    """The ``Tokenizer`` kept in a store's attributes (``tokenizer``: tokenizer.json text), if any."""
+    attrs = getattr(store, "attrs", None) or getattr(getattr(store, "store", None), "attrs", None) or {}
+    text = attrs.get("tokenizer")
+    if not isinstance(text, str) or not text:
+        return None
+    from tokenizers import Tokenizer as HFTokenizer
+    from workbench.model import Tokenizer
+    return Tokenizer(HFTokenizer.from_str(text))
+
+
 def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
-                  tokenizer: Any = None) -> tuple[Any, list]:
+                  tokenizer: Any = None, step: Optional[int] = None) -> tuple[Any, list]:
     """The attention pattern ``[head, pos, pos]`` of ``layer`` and the row's str tokens, from any source.
 
     ``source`` is one of:
@@ -96,7 +107,8 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
       - an ``ActivationCache`` or dict holding that hook; ``tokens`` are the row's str tokens or ids
         (``[pos]`` or ``[batch, pos]``), named by ``tokenizer`` or the cache's model;
       - an ``ActivationStore`` (or a step view ``store.at_step(s)``) holding that hook: row ``row`` is read
-        lazily, its ids from the store (or ``tokens``) named by ``tokenizer`` (a ``Tokenizer`` or a model).
+        lazily, its ids from the store (or ``tokens``) named by ``tokenizer`` (a ``Tokenizer`` or a model)
+        or by the tokenizer saved in the store's attributes; a training recording needs ``step=``.
     Without a tokenizer the ids themselves label the tokens.
     """
     import torch
@@ -113,6 +125,13 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
         return cache[hook][row], _strings(ids[row], tokenizer or source)
     if hasattr(source, "hooks") and hasattr(source, "__getitem__") and not isinstance(source, dict) \
             and not callable(getattr(source, "remove_batch_dim", None)):  # a store or a step view
+        if getattr(source, "is_recording", False):
+            if step is None:
+                raise ValueError(f"this store is a training recording: pass step=... "
+                                 f"(recorded steps: {source.steps[:6]}{' ...' if len(source.steps) > 6 else ''})")
+            source = source.at_step(step)
+        elif step is not None and not hasattr(source, "step"):
+            raise ValueError("step=... is for training recordings; this store holds no steps")
         if hook not in source.hooks:
             raise KeyError(f"the store has no {hook}; it holds {sorted(source.hooks)[:8]}. "
                            "Cache it with --hooks 'blocks.*.attn.hook_pattern'")
@@ -121,7 +140,7 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
             if getattr(source, "tokens", None) is None:
                 raise ValueError("this store view has no tokens: pass tokens=store.tokens[row]")
             tokens = source.tokens[row:row + 1][0]
-        return pattern, _strings(tokens, tokenizer)
+        return pattern, _strings(tokens, tokenizer if tokenizer is not None else _store_tokenizer(source))
     if hasattr(source, "__getitem__") and hasattr(source, "__contains__"):  # a cache or a dict
         if hook not in source:
             raise KeyError(f"the cache has no {hook}: run_with_cache(..., names_filter='{hook}')")
@@ -138,14 +157,14 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
 
 
 def layer_attention(source: Any, layer: int, tokens: Any = None, row: int = 0, tokenizer: Any = None,
-                    view: str = "heads", **kwargs: Any) -> CircuitsVisWidget:
+                    view: str = "heads", step: Optional[int] = None, **kwargs: Any) -> CircuitsVisWidget:
     """``attention_heads`` (``view="heads"``) or ``attention_patterns`` (``"patterns"``) for one layer of ``source``.
 
     ``source`` is a model, a cache or a store, as in ``layer_pattern``.
     """
     if view not in ("heads", "patterns"):
         raise ValueError(f"view must be 'heads' or 'patterns', got {view!r}")
-    pattern, toks = layer_pattern(source, layer, tokens=tokens, row=row, tokenizer=tokenizer)
+    pattern, toks = layer_pattern(source, layer, tokens=tokens, row=row, tokenizer=tokenizer, step=step)
     if view == "heads":
         return attention_heads(pattern, toks, layer=layer, **kwargs)
     return attention_patterns(pattern, toks, **kwargs)
