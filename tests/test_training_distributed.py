@@ -1,0 +1,45 @@
+"""DDP under torchrun on CPU (gloo, 2 processes) equals one process with the same global batch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+STEPS = 8
+
+
+def _train(out: Path, nproc: int) -> subprocess.CompletedProcess:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                 "-m", "workbench.cli"] if nproc > 1 else [sys.executable, "-m", "workbench.cli"])
+    cmd = launcher + ["train", "tiny", "--out", str(out), "--no-progress", "--max-steps", str(STEPS),
+                      "--device", "cpu", "--checkpoint-every", "4"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    r1 = _train(single, 1)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = _train(ddp, 2)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = _metrics(single), _metrics(ddp)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "val_loss"):
+            if key in ra:
+                assert abs(ra[key] - rb[key]) < 1e-5, (ra["step"], key, ra[key], rb[key])
+    assert json.loads((ddp / "summary.json").read_text())["world"] == 2
+    # Rank 0 alone records the (replicated) probe set: one file, the same steps and activations.
+    with h5py.File(single / "activations.h5", "r") as fa, h5py.File(ddp / "activations.h5", "r") as fb:
+        assert list(fa["steps"][:]) == list(fb["steps"][:])
+        for name in fa["hooks"]:
+            np.testing.assert_allclose(fa["hooks"][name][:], fb["hooks"][name][:], atol=2e-3)
+    assert sorted(p.name for p in (ddp / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000008"]
