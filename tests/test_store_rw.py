@@ -197,32 +197,39 @@ def test_non_hdf5_and_truncated_files_give_one_clear_error(tmp_path):
 _READER = """
 import sys, torch
 from workbench.store import ActivationStore
-s = ActivationStore.open(sys.argv[1])
-print(len(s), float(s["{h}"][:].float().sum()), int(s.tokens[:].sum()))
+for line in sys.stdin:   # one read of the whole store per line we are sent
+    with ActivationStore.open(sys.argv[1]) as s:
+        print(len(s), float(s["{h}"][:].float().sum()), int(s.tokens[:].sum()), flush=True)
 """.replace("{h}", RESID)
-
-
-def _read_in_another_process(path):
-    out = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    n, act_sum, tok_sum = out.stdout.split()
-    return int(n), float(act_sum), int(tok_sum)
 
 
 def test_another_process_reads_while_the_writer_is_mid_way(tmp_path):
     toks, acts = _data(n=40)
     hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
     path = tmp_path / "live.h5"
-    w = StoreWriter(path, hooks, seq_len=8, flush_seconds=0)
-    w.append(toks[:10], {h: t[:10] for h, t in acts.items()})
-    w.append(toks[10:25], {h: t[10:25] for h, t in acts.items()})
-    w.flush()
-    n, act_sum, tok_sum = _read_in_another_process(path)
-    assert n == 25 and tok_sum == int(toks[:25].sum())
-    assert act_sum == pytest.approx(float(acts[RESID][:25].float().sum()), rel=1e-6)
-    w.append(toks[25:], {h: t[25:] for h, t in acts.items()})
-    w.close()
-    assert _read_in_another_process(path)[0] == 40
+    reader = subprocess.Popen([sys.executable, "-c", _READER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+
+    def read():
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        n, act_sum, tok_sum = reader.stdout.readline().split()
+        return int(n), float(act_sum), int(tok_sum)
+
+    try:
+        w = StoreWriter(path, hooks, seq_len=8, flush_seconds=0)
+        w.append(toks[:10], {h: t[:10] for h, t in acts.items()})
+        w.append(toks[10:25], {h: t[10:25] for h, t in acts.items()})
+        w.flush()
+        n, act_sum, tok_sum = read()           # the writer is open and mid-way
+        assert n == 25 and tok_sum == int(toks[:25].sum())
+        assert act_sum == pytest.approx(float(acts[RESID][:25].float().sum()), rel=1e-6)
+        w.append(toks[25:], {h: t[25:] for h, t in acts.items()})
+        w.close()
+        assert read()[0] == 40
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=60)
 
 
 _KILLED_WRITER = """
