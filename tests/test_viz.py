@@ -325,3 +325,17 @@ def test_widget_says_what_to_do_where_scripts_do_not_run():
     div = re.search(r'<div id="(wb-viz-[0-9a-f]+)"[^>]*>(.*?)</div>', frag)
     assert "jupyter trust" in div.group(2)                      # what an untrusted notebook shows
     assert f'var id = "{div.group(1)}"' in frag                 # the script renders into that div
+
+
+def test_head_scores_chart_from_a_scores_table():
+    import pandas as pd   # used by workbench.analysis.heads tables
+    rows = [{"step": s, "layer": l, "head": h, "induction": (0.9 if (l, h) == (1, 0) else 0.1) * s / 10}
+            for s in (0, 5, 10) for l in range(2) for h in range(2)]
+    fig = viz.head_scores_chart(pd.DataFrame(rows), top=1)
+    assert list(fig.series) == ["best head", "L1H0"] and fig.series["L1H0"][0].tolist() == [0, 5, 10]
+    assert np.allclose(fig.series["best head"][1], [0.0, 0.45, 0.9])
+    assert fig.title == "induction score per step"
+    with pytest.raises(KeyError, match="lacks columns"):
+        viz.head_scores_chart(pd.DataFrame(rows), score="sink")
+    with pytest.raises(ValueError, match="every \\(step, layer, head\\) once"):
+        viz.head_scores_chart(pd.DataFrame(rows[:-1]))

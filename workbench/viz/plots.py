@@ -200,15 +200,22 @@ def metrics_chart(metrics: Union[str, Path, Sequence[Mapping[str, Any]]], keys: 
                       **kwargs)
 
 
-def head_scores_chart(steps: Sequence[int], scores: Any, top: int = 3, title: str = "head score per step",
-                      y_label: str = "score", **kwargs: Any) -> LineChart:
+def head_scores_chart(steps: Any, scores: Any = None, top: int = 3, score: str = "induction",
+                      title: Optional[str] = None, y_label: Optional[str] = None, **kwargs: Any) -> LineChart:
     """The best head's score at each step, plus the curves of the ``top`` heads that end highest.
 
     Args:
-        steps: ``n_steps`` training steps (e.g. ``store.steps`` of a recording).
+        steps: ``n_steps`` training steps (e.g. ``store.steps`` of a recording); or a table
+            (pandas DataFrame) with columns ``step, layer, head`` and ``score``, as returned by
+            ``workbench.analysis.heads.scores_across_steps`` (then leave ``scores`` out).
         scores: ``[n_steps, n_layers, n_heads]`` (or ``[n_steps, n_heads]``), e.g. the induction
             score of every head at every recorded step.
+        score: the table column to plot.
     """
+    if scores is None:
+        if not hasattr(steps, "columns"):
+            raise TypeError("pass (steps, scores[n_steps, n_layers, n_heads]) or a table with step, layer, head columns")
+        steps, scores = _table_to_array(steps, score)
     arr = to_numpy(scores, "scores")
     if arr.ndim == 2:
         arr = arr[:, None]
@@ -221,4 +228,22 @@ def head_scores_chart(steps: Sequence[int], scores: Any, top: int = 3, title: st
     n_heads = arr.shape[2]
     for idx in np.argsort(-flat[-1])[:max(top, 0)]:
         series[f"L{idx // n_heads}H{idx % n_heads}"] = (x, flat[:, idx])
-    return line_chart(series, title=title, y_label=y_label, **kwargs)
+    return line_chart(series, title=title or f"{score.replace('_', ' ')} score per step",
+                      y_label=y_label or score, **kwargs)
+
+
+def _table_to_array(table: Any, score: str) -> tuple[list[int], np.ndarray]:
+    """``(steps, [n_steps, n_layers, n_heads])`` from a long table with ``step, layer, head, score`` columns."""
+    missing = [c for c in ("step", "layer", "head", score) if c not in table.columns]
+    if missing:
+        raise KeyError(f"the table lacks columns {missing}; it has {list(table.columns)}")
+    steps = sorted(int(s) for s in set(table["step"]))
+    layers = sorted(int(v) for v in set(table["layer"]))
+    heads = sorted(int(v) for v in set(table["head"]))
+    arr = np.full((len(steps), len(layers), len(heads)), np.nan)
+    si, li, hi = ({v: i for i, v in enumerate(vs)} for vs in (steps, layers, heads))
+    for st, la, he, val in zip(table["step"], table["layer"], table["head"], table[score]):
+        arr[si[int(st)], li[int(la)], hi[int(he)]] = float(val)
+    if np.isnan(arr).any():
+        raise ValueError("the table does not hold every (step, layer, head) once: filter it to one score per head")
+    return steps, arr
