@@ -64,3 +64,17 @@ def test_logit_diff_metric():
     torch.testing.assert_close(m(logits), torch.tensor((2.0 + 1.0) / 2))
     with pytest.raises(ValueError, match=r"\[batch, 2\]"):
         make_logit_diff_metric(torch.tensor([1, 2, 3]))
+
+
+def test_chunk_plan_skips_unchanged_positions():
+    masks = P.variant_masks((6, 2, 4), ACT := P.ACT_DIMS["z"], ("pos", "head"))     # [12 variants, 6, 2, 1]
+    starts = P.first_position(masks, ACT)
+    assert starts.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    chunks = P.plan_chunks(starts, batch=2, pos=6, max_tokens=24, min_tokens=0)
+    assert [s for s, _ in chunks] == [0, 1, 2, 3, 4, 5]                  # one chunk per first position
+    assert sorted(v for _, ids in chunks for v in ids) == list(range(12))
+    for s, ids in chunks:
+        assert all(int(starts[v]) >= s for v in ids)                     # never starts after a variant's patch
+        assert len(ids) * 2 * (6 - s) <= 24
+    all_pos = P.variant_masks((6, 2, 4), ACT, ("head",))
+    assert P.first_position(all_pos, ACT).tolist() == [0, 0]

@@ -99,41 +99,101 @@ def _strides(sizes: Sequence[int]) -> list[int]:
 @torch.no_grad()
 def resid_pre_all_layers(model, tokens: torch.Tensor) -> list[torch.Tensor]:
     """``resid_pre`` entering every block, one ``[batch, pos, d_model]`` per layer (one forward, no logits)."""
-    cache: dict[int, torch.Tensor] = {}
-    hooks = [(f"blocks.{i}.hook_resid_pre", lambda t, hook, i=i: cache.__setitem__(i, t))
-             for i in range(model.cfg.n_layers)]
+    return corrupted_run(model, tokens, keys=False, logits=False)["resid_pre"]
+
+
+@torch.no_grad()
+def corrupted_run(model, tokens: torch.Tensor, keys: bool = True, logits: bool = True) -> dict:
+    """One forward keeping what patched runs restart from: ``resid_pre`` of every layer, and (``keys``)
+    every layer's rotated keys and values ``[batch, head, pos, d_head]`` (a KV cache of the whole
+    run), and the ``logits``."""
+    n = model.cfg.n_layers
+    resid, k, v = {}, {}, {}
+    hooks = [(f"blocks.{i}.hook_resid_pre", lambda t, hook, i=i: resid.__setitem__(i, t)) for i in range(n)]
+    if keys:
+        hooks += [(f"blocks.{i}.attn.hook_rot_k", lambda t, hook, i=i: k.__setitem__(i, t.transpose(1, 2)))
+                  for i in range(n)]
+        hooks += [(f"blocks.{i}.attn.hook_v", lambda t, hook, i=i: v.__setitem__(i, t.transpose(1, 2)))
+                  for i in range(n)]
     with model.hooks(hooks):
-        model(tokens.to(model.device), stop_at_layer=model.cfg.n_layers)
-    return [cache[i] for i in range(model.cfg.n_layers)]
+        out = model(tokens.to(model.device), stop_at_layer=None if logits else n)
+    return {"resid_pre": [resid[i] for i in range(n)], "k": k, "v": v, "logits": out if logits else None}
 
 
 def auto_chunk(model, batch: int, pos: int, max_batch_tokens: Optional[int]) -> int:
     """How many variants of ``[batch, pos]`` go in one forward: bounded by tokens and by logits memory."""
-    if max_batch_tokens is None:  # ~1 GiB of fp32 logits, and no more than 8192 tokens
-        max_batch_tokens = min(8192, 2 ** 28 // model.cfg.d_vocab)
-    return max(1, max_batch_tokens // max(1, batch * pos))
+    return max(1, batch_tokens(model, max_batch_tokens) // max(1, batch * pos))
+
+
+def batch_tokens(model, max_batch_tokens: Optional[int]) -> int:
+    """Tokens in one patched forward: ``max_batch_tokens``, or ~1 GiB of fp32 logits and at most 8192."""
+    return max_batch_tokens or min(8192, 2 ** 28 // model.cfg.d_vocab)
+
+
+def first_position(masks: torch.Tensor, dims: Sequence[str]) -> torch.Tensor:
+    """``[n_variants]``: the first query position each variant's patch touches (0 if all positions).
+
+    Positions before it are the same as in the corrupted run (causal attention), so its patched
+    run need only compute the positions from there on.
+    """
+    name = "pos" if "pos" in dims else "dest_pos"
+    d = dims.index(name) + 1
+    if masks.shape[d] == 1:
+        return torch.zeros(masks.shape[0], dtype=torch.long)
+    touched = masks.movedim(d, 1).flatten(2).any(-1)                       # [n_variants, pos]
+    return torch.where(touched.any(1), touched.float().argmax(1), torch.zeros_like(touched[:, 0], dtype=torch.long))
+
+
+def plan_chunks(starts: torch.Tensor, batch: int, pos: int, max_tokens: int,
+                min_tokens: Optional[int] = None) -> list[tuple[int, list[int]]]:
+    """Group variants (sorted by first position) into forwards of at most ``max_tokens`` tokens.
+
+    Each chunk computes positions ``start:`` for all its variants, so variants with a later first
+    position waste work in a chunk that starts earlier: a new chunk begins at each new first
+    position once the current one holds ``min_tokens`` (default ``max_tokens // 8``), enough
+    tokens for efficient matmuls. Returns ``[(start position, [variant ids])]``.
+    """
+    min_tokens = max_tokens // 8 if min_tokens is None else min_tokens
+    order = torch.argsort(starts, stable=True).tolist()
+    chunks: list[tuple[int, list[int]]] = []
+    for v in order:
+        s = int(starts[v])
+        if chunks:
+            c_start, ids = chunks[-1]
+            size = len(ids) * batch * (pos - c_start)
+            fits = (len(ids) + 1) * batch * (pos - c_start) <= max_tokens
+            if fits and (s == c_start or size < min_tokens):
+                ids.append(v)
+                continue
+        chunks.append((s, [v]))
+    return chunks
 
 
 @torch.no_grad()
-def run_variants(model, tokens: torch.Tensor, layer: int, resid: torch.Tensor, n_variants: int,
-                 make_hooks: Callable[[int, int], list], metric: Metric, chunk: int) -> torch.Tensor:
-    """Run ``n_variants`` patched copies of the batch from ``layer`` on; returns ``[n_variants]`` metrics.
+def run_chunk(model, corr: dict, layer: int, start: int, c: int, hooks: list, metric: Metric) -> list[torch.Tensor]:
+    """Run ``c`` stacked patched copies of the corrupted batch from ``layer`` and position ``start``.
 
-    Args:
-        resid: ``[batch, pos, d_model]`` entering ``layer`` (shared by all variants).
-        make_hooks: ``(start, stop) -> [(hook name, fn)]`` patching variants ``start:stop``
-            (the activation seen by ``fn`` is ``[(stop - start) * batch, ...]``, variant-major).
+    Positions before ``start`` come from the corrupted run (its keys/values as a KV cache, its
+    logits); returns the metric of each copy, computed on full ``[batch, pos, d_vocab]`` logits.
     """
-    b = resid.shape[0]
-    out = torch.empty(n_variants)
-    for start in range(0, n_variants, chunk):
-        stop = min(start + chunk, n_variants)
-        c = stop - start
-        x = resid.repeat(c, 1, 1)                                       # [c * batch, pos, d_model]
-        with model.hooks(make_hooks(start, stop)):
-            logits = model(x, start_at_layer=layer, tokens=tokens.repeat(c, 1))
-        for i in range(c):
-            out[start + i] = metric_value(metric, logits[i * b:(i + 1) * b]).float().cpu()
+    x = corr["resid_pre"][layer][:, start:]
+    b = x.shape[0]
+    kv = None
+    if start > 0:
+        from workbench.model.kv_cache import KVCache
+        kv = KVCache(model.cfg.n_layers)
+        for i in range(model.cfg.n_layers):
+            src = i if i >= layer else layer  # layers below are not run; any prefix gives the length
+            kv.keys[i] = corr["k"][src][:, :, :start].repeat(c, 1, 1, 1)
+            kv.values[i] = corr["v"][src][:, :, :start].repeat(c, 1, 1, 1)
+    with model.hooks(hooks):
+        logits = model(x.repeat(c, 1, 1), start_at_layer=layer, kv_cache=kv)   # [c * batch, pos - start, vocab]
+    out = []
+    for i in range(c):
+        part = logits[i * b:(i + 1) * b]
+        if start > 0:
+            part = torch.cat([corr["logits"][:, :start], part], dim=1)
+        out.append(metric_value(metric, part).float().cpu())
     return out
 
 
@@ -147,6 +207,14 @@ def masked_patch_hook(clean: torch.Tensor, masks: torch.Tensor) -> Callable:
         v = act.view(c, -1, *act.shape[1:])                             # [c, batch, *shape]
         return torch.where(masks[:, None].to(act.device), clean[None].to(act.dtype), v).view(act.shape)
     return hook
+
+
+def _from_position(t: torch.Tensor, dims: Sequence[str], start: int) -> torch.Tensor:
+    """Slice the query-position dim of an activation (or mask) to ``start:``."""
+    if start == 0:
+        return t
+    d = dims.index("pos" if "pos" in dims else "dest_pos") + 1      # +1: batch (or variant) dim
+    return t.narrow(d, start, t.shape[d] - start) if t.shape[d] > 1 else t
 
 
 def generic_activation_patch(model, corrupted_tokens: torch.Tensor, clean_cache, patching_metric: Metric,
@@ -163,21 +231,21 @@ def generic_activation_patch(model, corrupted_tokens: torch.Tensor, clean_cache,
     clean = check_inputs(model, corrupted_tokens, clean_cache, activation_name)
     tokens = corrupted_tokens.to(model.device)
     b, p = tokens.shape
-    resid = resid_pre_all_layers(model, tokens)
     shape = tuple(clean[0].shape[1:])
     masks = variant_masks(shape, dims, index_axis_names[1:]).to(model.device)
     sizes = [shape[dims.index(_AXIS[a])] for a in index_axis_names[1:]]
-    chunk = auto_chunk(model, b, p, max_batch_tokens)
-    results = []
+    starts = first_position(masks.cpu(), dims)
+    corr = corrupted_run(model, tokens, keys=bool((starts > 0).any()))
+    chunks = plan_chunks(starts, b, p, batch_tokens(model, max_batch_tokens))
+    results = torch.empty(model.cfg.n_layers, masks.shape[0])
     for layer in range(model.cfg.n_layers):
         name = get_act_name(activation_name, layer)
-
-        def make_hooks(start: int, stop: int, layer: int = layer, name: str = name) -> list:
-            return [(name, masked_patch_hook(clean[layer], masks[start:stop]))]
-
-        results.append(run_variants(model, tokens, layer, resid[layer], masks.shape[0], make_hooks,
-                                    patching_metric, chunk).view(sizes))
-    return torch.stack(results)
+        for start, ids in chunks:
+            m = _from_position(masks[ids], dims, start)
+            hook = masked_patch_hook(_from_position(clean[layer], dims, start), m)
+            values = run_chunk(model, corr, layer, start, len(ids), [(name, hook)], patching_metric)
+            results[layer, ids] = torch.stack(values)
+    return results.view(model.cfg.n_layers, *sizes)
 
 
 def _sweep(activation_name: str, axes: tuple[str, ...], what: str, shape: str) -> Callable:
