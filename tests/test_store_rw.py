@@ -140,7 +140,7 @@ def test_writer_errors_reach_the_caller(tmp_path, monkeypatch):
     monkeypatch.setattr(StoreWriter, "_write", broken)
     w = StoreWriter(tmp_path / "a.h5", hooks, seq_len=8)
     w.append(toks[:4], {h: t[:4] for h, t in acts.items()})
-    with pytest.raises(RuntimeError, match="No space left"):
+    with pytest.raises(OSError, match="No space left"):
         w.close()
 
 
@@ -162,12 +162,19 @@ def test_recording_mode_steps_and_resume(tmp_path):
         assert v[RESID][:].shape == (6, 8, 16) and bool((v[RESID][2:4] == 20).all())
         assert s[RESID][:].shape == (4, 6, 8, 16)
         assert torch.equal(v.to_cache(slice(0, 2))[RESID], torch.full((2, 8, 16), 20.0, dtype=torch.float16))
+        assert torch.equal(s[RESID][1], torch.full((6, 8, 16), 10.0, dtype=torch.float16))
         x, y = v.probe_dataset(RESID, torch.arange(6), pos=-1)[5]
         assert bool((x == 20).all()) and y == 5
         with pytest.raises(KeyError, match="nearest recorded steps"):
             s.at_step(15)
         with pytest.raises(ValueError, match="at_step"):
             s.to_cache()
+    # a training run resumed from its step-10 checkpoint records steps 20 and 30 again
+    with StoreWriter(path, hooks, seq_len=8, steps=True, mode="a", drop_steps_after=10) as w:
+        assert w.steps == [0, 10]
+        w.append_step(20, {RESID: torch.full((6, 8, 16), -20.0)})
+    with ActivationStore.open(path) as s:
+        assert s.steps == [0, 10, 20] and bool((s.at_step(20)[RESID][:] == -20).all())
 
 
 def test_resume_refuses_different_hooks(tmp_path):

@@ -53,13 +53,16 @@ class StoreWriter:
         max_queue_bytes: memory the queued batches may hold before ``append`` waits.
         flush_seconds: at most this long between flushes (0: after every batch);
             the work a crash can lose.
+        drop_steps_after: resuming a recording (``mode="a"``) from a training checkpoint at this
+            step: steps recorded after it (after the checkpoint, before the crash) are dropped,
+            so the resumed run records them again.
     """
 
     def __init__(self, path: Union[str, Path], hooks: HookSpecs, seq_len: int,
                  attrs: Optional[Mapping[str, Any]] = None, compression: Optional[str] = None,
                  mode: str = "w", steps: bool = False, probe_tokens: Optional[torch.Tensor] = None,
                  meta: Optional[Mapping[str, Any]] = None, max_queue_bytes: int = 256 << 20,
-                 flush_seconds: float = 1.0) -> None:
+                 flush_seconds: float = 1.0, drop_steps_after: Optional[int] = None) -> None:
         if mode not in ("w", "w-", "x", "a"):
             raise ValueError(f"mode must be 'w', 'w-' or 'a' (resume), got {mode!r}")
         if not hooks:
@@ -77,6 +80,7 @@ class StoreWriter:
             raise FileExistsError(f"{self.path} already exists")
         if mode == "a" and not self.path.exists():
             raise FileNotFoundError(f"cannot resume {self.path}: it does not exist")
+        self.drop_steps_after = drop_steps_after
         self._lock_fd = self._lock()
         try:
             self.f = self._open_resume() if mode == "a" else self._create(attrs or {}, compression, probe_tokens)
@@ -191,6 +195,9 @@ class StoreWriter:
             # Anything past the last complete count is from a write the crash cut short: drop it.
             if self.recording:
                 n = int(f.attrs[fmt.A_STEPS])
+                if self.drop_steps_after is not None:
+                    n = int(np.searchsorted(f[fmt.STEPS][:n], self.drop_steps_after, side="right"))
+                    f.attrs[fmt.A_STEPS] = n
                 for ds in [f[fmt.STEPS], *f[fmt.HOOKS_GROUP].values()]:
                     ds.resize(n, axis=0)
             else:
@@ -272,7 +279,8 @@ class StoreWriter:
             shape, dname = self.hooks[name]
             if tuple(t.shape) != (n, *shape):
                 raise ValueError(f"{name}: expected shape {[n, *shape]}, got {list(t.shape)}")
-            t = t.detach().to(fmt.DTYPES[dname][0])
+            src = t.detach()
+            t = src.to(fmt.DTYPES[dname][0])
             if t.device.type == "cuda":
                 # Non-blocking copy into pinned memory; the writer thread waits on the event,
                 # so the caller's stream keeps running while the bytes cross the bus.
@@ -283,7 +291,9 @@ class StoreWriter:
                 out[name] = (host, event)
             else:
                 # A private copy: the caller may reuse its buffer as soon as we return.
-                out[name] = (t.cpu().clone() if t.device.type == "cpu" else t.cpu(), None)
+                # A dtype cast or a device copy already made one; copy only if neither did.
+                shared = t.device.type == "cpu" and t.data_ptr() == src.data_ptr()
+                out[name] = (t.clone() if shared else t.cpu(), None)
         return out
 
     def _put(self, item: tuple, nbytes: int) -> None:
@@ -300,7 +310,9 @@ class StoreWriter:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"writing {self.path} failed: {self._error}") from self._error
+            # OSError (disk full, I/O error) stays an OSError, so the CLI prints it as one line.
+            kind = OSError if isinstance(self._error, OSError) else RuntimeError
+            raise kind(f"writing {self.path} failed: {self._error}") from self._error
 
     # -- the writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
