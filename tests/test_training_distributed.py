@@ -12,10 +12,10 @@ import numpy as np
 STEPS = 8
 
 
-def _train(out: Path, nproc: int) -> subprocess.CompletedProcess:
+def _train(out: Path, nproc: int, config: str = "tiny") -> subprocess.CompletedProcess:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                  "-m", "workbench.cli"] if nproc > 1 else [sys.executable, "-m", "workbench.cli"])
-    cmd = launcher + ["train", "tiny", "--out", str(out), "--no-progress", "--max-steps", str(STEPS),
+    cmd = launcher + ["train", config, "--out", str(out), "--no-progress", "--max-steps", str(STEPS),
                       "--device", "cpu", "--checkpoint-every", "4"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
@@ -43,3 +43,23 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         for name in fa["hooks"]:
             np.testing.assert_allclose(fa["hooks"][name][:], fb["hooks"][name][:], atol=2e-3)
     assert sorted(p.name for p in (ddp / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000008"]
+
+
+def test_fsdp2_two_processes_match_one_process(tmp_path):
+    from training.config import load_config
+    from workbench import PhiModel
+    cfg = tmp_path / "fsdp.toml"
+    cfg.write_text(load_config("tiny").override(system__parallel="fsdp").to_toml())
+    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
+    r1 = _train(single, 1)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = _train(fsdp, 2, str(cfg))
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = _metrics(single), _metrics(fsdp)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-5, (ra["step"], ra["loss"], rb["loss"])
+    # Checkpoints gather the shards into one full HF-format model.
+    ma, mb = PhiModel.from_pretrained(single), PhiModel.from_pretrained(fsdp)
+    for (k, va), (_, vb) in zip(ma.state_dict().items(), mb.state_dict().items()):
+        assert (va - vb).abs().max() < 1e-4, k

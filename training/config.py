@@ -60,6 +60,7 @@ class DataSection:
     synthetic_fraction: float = 0.0    # share of each batch that is repeated random tokens
     synthetic_period_min: int = 8      # period of the repeated random sequences, drawn uniformly
     synthetic_period_max: int = 32
+    synthetic_vocab_size: int = 0      # draw their tokens from ids [0, this) (0: the whole vocabulary)
 
 
 @dataclass
@@ -258,6 +259,8 @@ def validate(cfg: TrainConfig) -> None:
     need(0.0 < d.val_fraction < 1.0, "data.val_fraction must be between 0 and 1 (exclusive)")
     need(2 <= d.synthetic_period_min <= d.synthetic_period_max,
          "data.synthetic_period_min must be >= 2 and <= data.synthetic_period_max")
+    need(d.synthetic_vocab_size == 0 or d.synthetic_vocab_size >= 3,
+         "data.synthetic_vocab_size must be 0 (whole vocabulary) or at least 3")
     need(s.max_steps >= 1, "schedule.max_steps must be at least 1")
     need(s.log_every >= 1, "schedule.log_every must be at least 1")
     need(cfg.system.precision in ("auto", "fp32", "bf16", "fp16"),

@@ -13,7 +13,7 @@ import sysconfig
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".c", ".h", ".js", ".json", ".toml", ".html", ".tex", ".csv"}
 MEMMAP_SUFFIXES = {".bin", ".npy"}
@@ -51,11 +51,16 @@ def stdlib_files() -> list[tuple[str, Path]]:
     return sorted((p.relative_to(root).as_posix(), p) for p in files)
 
 
-def _documents_of(source: str, jsonl_field: str) -> Iterator[tuple[str, str]]:
-    """Every document of one source: ``stdlib``, a text file, a JSONL file (one per line), or a folder."""
+def _read(path: Path) -> Callable[[], str]:
+    return lambda: path.read_text(encoding="utf-8", errors="replace")
+
+
+def _documents_of(source: str, jsonl_field: str) -> Iterator[tuple[str, Callable[[], str]]]:
+    """Every document of one source as ``(name, read)``: ``stdlib``, a text file, a JSONL file
+    (one document per line) or a folder. Files are read only when ``read()`` is called."""
     if source == "stdlib":
         for name, path in stdlib_files():
-            yield f"stdlib/{name}", path.read_text(encoding="utf-8", errors="replace")
+            yield f"stdlib/{name}", _read(path)
         return
     path = Path(source).expanduser()
     if path.is_dir():
@@ -80,9 +85,9 @@ def _documents_of(source: str, jsonl_field: str) -> Iterator[tuple[str, str]]:
                 if not isinstance(obj, dict) or jsonl_field not in obj:
                     raise ValueError(f"{path} line {i + 1} has no {jsonl_field!r} field; "
                                      "set data.jsonl_field to the field that holds the text")
-                yield f"{path}:{i}", str(obj[jsonl_field])
+                yield f"{path}:{i}", (lambda text=str(obj[jsonl_field]): text)
         return
-    yield str(path), path.read_text(encoding="utf-8", errors="replace")
+    yield str(path), _read(path)
 
 
 def _sample_order(name: str) -> int:
@@ -97,16 +102,20 @@ def load_corpus(sources: list[str], val_fraction: float, jsonl_field: str = "tex
     ``max_bytes`` (0: no cap) keeps documents in a fixed hash order until the
     cap; the choice is the same on every run and machine with the same files.
     """
-    docs = [d for s in sources for d in _documents_of(s, jsonl_field)]
+    found = [d for s in sources for d in _documents_of(s, jsonl_field)]
     if max_bytes:
-        docs.sort(key=lambda d: _sample_order(d[0]))
-        kept, total = [], 0
-        for d in docs:
+        # Read documents in the fixed hash order only until the cap: a small corpus reads few files.
+        found.sort(key=lambda d: _sample_order(d[0]))
+        docs, total = [], 0
+        for name, read in found:
             if total >= max_bytes:
                 break
-            kept.append(d)
-            total += len(d[1])
-        docs = sorted(kept)
+            text = read()
+            docs.append((name, text))
+            total += len(text)
+        docs.sort()
+    else:
+        docs = [(name, read()) for name, read in found]
     corpus = Corpus()
     for name, text in docs:
         (corpus.val if is_val(name, val_fraction) else corpus.train).append((name, text))

@@ -123,6 +123,7 @@ class Batches:
     def __init__(self, data: TokenData, cfg: DataSection, seed: int) -> None:
         self.data, self.cfg, self.seed = data, cfg, seed
         self.width = cfg.seq_len + 1
+        self.synthetic_vocab = synthetic_vocab(cfg, data.vocab_size)
         if len(data.train) <= self.width:
             raise ValueError(f"the training split has {len(data.train)} tokens, fewer than seq_len + 1 = "
                              f"{self.width}; add data or lower data.seq_len")
@@ -139,7 +140,7 @@ class Batches:
         for i in range(n_syn):
             period = int(rng.integers(c.synthetic_period_min, c.synthetic_period_max + 1))
             reps = -(-(self.width - 1) // period)  # enough repeats to fill the row after its BOS
-            row = repeated_random_tokens(1, period, n_repeats=reps, vocab_size=self.data.vocab_size,
+            row = repeated_random_tokens(1, period, n_repeats=reps, vocab_size=self.synthetic_vocab,
                                          seed=int(rng.integers(2**31)), bos_token_id=self.data.eot)[0]
             rows.append(row[: self.width])
         batch = torch.stack(rows) if rows else torch.zeros(0, self.width, dtype=torch.long)
@@ -163,6 +164,15 @@ class Batches:
         starts = np.linspace(0, len(val) - self.width - 1, n_rows).astype(np.int64)
         rows = torch.stack([torch.from_numpy(np.asarray(val[s:s + self.width], dtype=np.int64)) for s in starts])
         return list(rows.split(micro))
+
+
+def synthetic_vocab(cfg: DataSection, vocab_size: int) -> int:
+    """Token ids of synthetic rows (and of the recording's repeated probe rows) lie in ``[0, this)``.
+
+    A smaller range than the whole vocabulary makes the copying an induction
+    head does learnable sooner in a small model (fewer tokens to tell apart).
+    """
+    return min(cfg.synthetic_vocab_size, vocab_size) if cfg.synthetic_vocab_size else vocab_size
 
 
 def plan_batch(cfg: DataSection, world: int) -> tuple[int, int]:

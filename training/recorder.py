@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .config import TrainConfig
-from .data import TokenData
+from .data import TokenData, synthetic_vocab
 
 PROBE_SEED_OFFSET = 7919  # the probe set must not coincide with any training batch's synthetic rows
 
@@ -35,7 +35,8 @@ def probe_tokens(cfg: TrainConfig, data: TokenData) -> torch.Tensor:
     parts = []
     if r.probe_rows:
         parts.append(repeated_random_tokens(r.probe_rows, r.probe_period, n_repeats=r.probe_repeats,
-                                            vocab_size=data.vocab_size, seed=cfg.seed + PROBE_SEED_OFFSET,
+                                            vocab_size=synthetic_vocab(cfg.data, data.vocab_size),
+                                            seed=cfg.seed + PROBE_SEED_OFFSET,
                                             bos_token_id=data.eot))
     if r.probe_val_rows:
         val = data.val
@@ -81,10 +82,12 @@ class Recorder:
         self.tokens = probe_tokens(cfg, data)
         self.last_step = -1
         self.writer = None
+        if not (write or self.collective):
+            return
+        shapes = self._shapes()  # under FSDP a forward is collective: every rank runs it
         if not write:
             return
         from workbench.store import StoreWriter
-        shapes = self._shapes()
         dtype = cfg.record.dtype
         hooks = {n: (shapes[n], dtype) for n in self.names}
         r = cfg.record

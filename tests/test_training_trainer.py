@@ -1,0 +1,100 @@
+"""Trainer pieces: schedules, optimizer groups, recording contents, activation checkpointing, report."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from training.config import load_config
+from training.schedule import lr_factor, record_steps
+
+
+def _tiny(**changes):
+    return load_config("tiny").override(system__num_threads=0, **changes)
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine_to_the_floor():
+    f = [lr_factor(s, warmup=10, max_steps=110, min_ratio=0.1) for s in range(111)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.55) and f[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_record_schedule_log_spaced_and_every():
+    assert record_steps(20, 0, True) == [0, 1, 2, 4, 8, 16, 20]
+    assert record_steps(20, 5, False) == [0, 5, 10, 15, 20]
+    assert record_steps(10, 0, False) == [0, 10]
+
+
+def test_param_groups_split_decay_from_no_decay():
+    from training.trainer import param_groups
+    from workbench import PhiConfig, PhiModel
+    model = PhiModel(PhiConfig.from_name("tiny"))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_recording_equals_the_checkpointed_model_on_the_probe_set(tmp_path):
+    from training.trainer import train
+    from workbench import PhiModel
+    from workbench.store import ActivationStore
+    run = tmp_path / "run"
+    train(_tiny(schedule__max_steps=10), run, progress=False)
+    store = ActivationStore.open(run / "activations.h5")
+    assert store.steps == [0, 1, 2, 4, 5, 8, 10]
+    assert store.attrs["probe_period"] == 6 and store.attrs["probe_repeated_rows"] == 2
+    probe = store.tokens[:]
+    assert probe.shape == (3, 13) and (probe[:2, 1:7] == probe[:2, 7:]).all()   # [BOS, A, A] rows
+    model = PhiModel.from_pretrained(run / "checkpoints" / "step_00000010")
+    _, cache = model.run_with_cache(probe, names_filter=list(store.hooks))
+    for name in store.hooks:
+        torch.testing.assert_close(store.at_step(10)[name][:].float(), cache[name].float(), atol=2e-3, rtol=2e-3)
+    # Earlier steps hold earlier weights: the residual stream moved during training.
+    name = "blocks.1.hook_resid_post"
+    assert not torch.allclose(store.at_step(0)[name][:].float(), store.at_step(10)[name][:].float(), atol=1e-3)
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path):
+    from training.metrics import read_metrics
+    from training.trainer import train
+    cfg = _tiny(schedule__max_steps=4, record__hooks=[], checkpoint__every=0)
+    train(cfg, tmp_path / "plain", progress=False)
+    train(cfg.override(system__activation_checkpointing=True), tmp_path / "ckpt", progress=False)
+    a = [r["loss"] for r in read_metrics(tmp_path / "plain" / "metrics.jsonl") if "loss" in r]
+    b = [r["loss"] for r in read_metrics(tmp_path / "ckpt" / "metrics.jsonl") if "loss" in r]
+    assert len(a) == 4 and a == pytest.approx(b, abs=1e-6)
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    from training.metrics import read_metrics
+    from training.trainer import train
+    cfg = _tiny(schedule__max_steps=3, record__hooks=[], checkpoint__every=0)
+    train(cfg, tmp_path / "one", progress=False)
+    train(cfg.override(data__micro_batch_size=1), tmp_path / "accum", progress=False)
+    a = [r["loss"] for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if "loss" in r]
+    b = [r["loss"] for r in read_metrics(tmp_path / "accum" / "metrics.jsonl") if "loss" in r]
+    assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_metrics_rows_and_report_command(tmp_path):
+    from training.trainer import train
+    run = tmp_path / "run"
+    train(_tiny(schedule__max_steps=6), run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"step", "loss", "lr", "tokens", "tok_per_s", "grad_norm"} <= set(rows[0])
+    assert rows[-1]["tokens"] == 6 * 4 * 32 and "val_loss" in rows[4]
+    assert (run / "config.toml").is_file() and (run / "tokenizer.json").is_file()
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "report", str(run)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "loss curve:" in r.stdout and "induction score" in r.stdout
+    assert "step      6:" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "workbench.cli", "report", str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and "not a training run folder" in bad.stderr
