@@ -86,7 +86,7 @@ def bench_attribution(a) -> None:
         t1, _ = _timed(lambda: A.attr_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
         t2, _ = _timed(lambda: A.attribution_patch_all(model, corrupted, cache, metric))
         with torch.no_grad():
-            t3, _ = _timed(lambda: model.run_with_cache(corrupted, names_filter="z"))
+            t3, _ = _timed(lambda: model.run_with_cache(corrupted, names_filter=lambda n: n.endswith("hook_z")))
         fwd_t.append(t0)
         attr_t.append(t1)
         all_t.append(t2)
@@ -134,7 +134,7 @@ def _write_store(path: Path, gb: float) -> None:
             n = min(64, rows - start)
             tokens = torch.randint(0, 4096, (n, POS), generator=g)
             y = _labels(tokens)
-            x = torch.randn(n, POS, D, generator=g) + 0.4 * (2 * y[..., None] - 1) * direction
+            x = torch.randn(n, POS, D, generator=g) + 0.03 * (2 * y[..., None] - 1) * direction
             w.append(tokens, {"blocks.0.hook_resid_post": x.half(), "blocks.1.hook_resid_post": (0.5 * x).half()})
 
 

@@ -10,7 +10,8 @@ NAMES = ["get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp
          "get_act_patch_attn_head_q_all_pos", "get_act_patch_attn_head_k_all_pos",
          "get_act_patch_attn_head_v_all_pos", "get_act_patch_attn_head_q_by_pos",
          "get_act_patch_attn_head_k_by_pos", "get_act_patch_attn_head_v_by_pos",
-         "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_pattern_by_pos"]
+         "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_pattern_by_pos",
+         "get_act_patch_attn_head_pattern_dest_src_pos"]
 
 
 @pytest.fixture()

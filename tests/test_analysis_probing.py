@@ -86,6 +86,8 @@ def test_probes_stream_from_a_store_like_memory(tmp_path):
     for h in ("a", "b"):
         assert from_store[h].val["accuracy"] == pytest.approx(in_memory[h].val["accuracy"])
         torch.testing.assert_close(from_store[h].probe.linear.weight, in_memory[h].probe.linear.weight)
+    with pytest.raises(KeyError, match="blocks.0.hook_resid_post"):   # names the missing hook
+        train_probes(store, "blocks.0.hook_resid_post", y, epochs=1)
 
 
 def test_probes_across_recorded_steps(tmp_path):

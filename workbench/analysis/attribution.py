@@ -10,7 +10,7 @@ Values are *changes* of the metric: compare with ``get_act_patch_X(...) - metric
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 

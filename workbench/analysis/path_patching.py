@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .metrics import Metric, metric_value
-from .patching import auto_chunk, check_inputs, resid_pre_all_layers
+from .patching import auto_chunk, check_inputs
 
 Head = tuple[int, int]
 
@@ -176,5 +176,4 @@ def get_path_patch_head_to_final_resid(model, corrupted_tokens: torch.Tensor, cl
                                             freeze_mlps=freeze_mlps, max_batch_tokens=max_batch_tokens)
 
 
-__all__ = ["get_path_patch_head_to_final_resid", "get_path_patch_head_to_receivers", "path_patch",
-           "resid_pre_all_layers"]
+__all__ = ["get_path_patch_head_to_final_resid", "get_path_patch_head_to_receivers", "path_patch"]
