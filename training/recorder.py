@@ -47,22 +47,6 @@ def probe_tokens(cfg: TrainConfig, data: TokenData) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def truncate_steps_after(path: Path, step: int) -> None:
-    """Drop recorded steps ``> step`` from a recording (the writer must not have it open)."""
-    import h5py
-
-    from workbench.store import format as fmt
-    with h5py.File(path, "a") as f:
-        steps = f[fmt.STEPS][: int(f.attrs[fmt.A_STEPS])]
-        keep = int((steps <= step).sum())
-        if keep == len(steps) and f[fmt.STEPS].shape[0] == keep:
-            return
-        f.attrs[fmt.A_STEPS] = keep  # the count first: a crash in between leaves a shorter, valid file
-        f.flush()
-        for ds in [f[fmt.STEPS], *f[fmt.HOOKS_GROUP].values()]:
-            ds.resize(keep, axis=0)
-
-
 class Recorder:
     """Runs the probe set at scheduled steps and streams the activations to the store.
 
@@ -100,11 +84,9 @@ class Recorder:
         row_bytes = sum(self.tokens.shape[0] * _numel(s) * (4 if dtype == "float32" else 2) for s, _ in hooks.values())
         queue = max(1, r.queue_size) * row_bytes
         if resume_step is not None and self.path.exists():
-            # Open once in resume mode (repairs a file a SIGKILL left open), cut back, reopen.
-            StoreWriter(self.path, hooks=hooks, seq_len=self.tokens.shape[1], mode="a", steps=True).close()
-            truncate_steps_after(self.path, resume_step)
+            # Resume mode repairs a file a SIGKILL left open and drops steps past the checkpoint.
             self.writer = StoreWriter(self.path, hooks=hooks, seq_len=self.tokens.shape[1], mode="a",
-                                      steps=True, max_queue_bytes=queue)
+                                      steps=True, max_queue_bytes=queue, drop_steps_after=resume_step)
             self.last_step = self.writer.steps[-1] if self.writer.steps else -1
         else:
             self.writer = StoreWriter(self.path, hooks=hooks, seq_len=self.tokens.shape[1], attrs=attrs,
