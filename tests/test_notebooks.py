@@ -5,6 +5,7 @@ executes a copy in memory and never writes the file back.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -32,8 +33,11 @@ def test_notebook_executes(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
                                      resources={"metadata": {"path": str(tmp_path)}})
+    # One OpenMP thread, as tests/conftest.py sets for the test process: tiny models gain nothing from
+    # more, and spinning threads on a shared 2-core machine slow them many times over.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
-        client.execute()
+        client.execute(env=env)
     except nbclient.exceptions.CellExecutionError as e:   # the message holds the cell and the traceback
         pytest.fail(f"{path.name} failed:\n{e}")
     html = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
