@@ -160,8 +160,7 @@ class Figure:
         path.write_text(self.to_html(title or path.stem), encoding="utf-8")
         return path
 
-    def __str__(self) -> str:
-        return self.to_html()
+    # No __str__ override: print(fig) shows the repr, not 1.3 MB of page (use to_html() or save()).
 
 
 PLACEHOLDER = ("[interactive circuitsvis figure: it shows when its script runs; in Jupyter, run the cell "
