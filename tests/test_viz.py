@@ -208,6 +208,9 @@ def test_layer_pattern_from_a_store_row_and_a_recorded_step(tiny_model, tmp_path
         assert toks == tiny_model.to_str_tokens(ids[1])
         with pytest.raises(KeyError, match="no blocks.0.attn.hook_pattern"):
             viz.layer_pattern(store, 0)
+        torch.testing.assert_close(viz.layer_pattern(store, 1, row=-1)[0], cache[hook][1])
+        with pytest.raises(IndexError, match="row 2 is out of range: the store has 2 complete rows"):
+            viz.layer_pattern(store, 1, row=2)
         with pytest.raises(ValueError, match="holds no steps"):
             viz.layer_pattern(store, 1, step=5)
     with ActivationStore.open(tmp_path / "r.h5") as rec:

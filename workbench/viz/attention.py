@@ -135,6 +135,10 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
         if hook not in source.hooks:
             raise KeyError(f"the store has no {hook}; it holds {sorted(source.hooks)[:8]}. "
                            "Cache it with --hooks 'blocks.*.attn.hook_pattern'")
+        n = len(source)
+        if not -n <= row < n:
+            raise IndexError(f"row {row} is out of range: the store has {n} complete rows")
+        row = row % n
         pattern = source[hook][row:row + 1][0]
         if tokens is None:
             if getattr(source, "tokens", None) is None:
