@@ -77,24 +77,26 @@ def batch_features(acts: torch.Tensor, labels: torch.Tensor, tokens: torch.Tenso
 
     ``acts`` ``[b, pos, d]`` or ``[b, d]``; ``labels`` ``[b]`` or ``[b, pos]``.
     """
-    acts, labels, tokens = acts[keep_rows], labels[keep_rows], tokens[keep_rows]
+    # Select rows and labelled tokens with one boolean index, then convert: one copy of the batch, not three.
     if acts.ndim == 3:
-        if labels.ndim == 2:            # per-token labels
-            if pos is not None:
-                acts, labels, tokens = acts[:, pos], labels[:, pos], tokens[:, pos]
-            else:
-                if labels.shape[1] != acts.shape[1]:
-                    raise ValueError(f"per-token labels have {labels.shape[1]} positions but the activations "
-                                     f"have {acts.shape[1]}")
-                acts, labels, tokens = acts.reshape(-1, acts.shape[-1]), labels.reshape(-1), tokens.reshape(-1)
-        else:
-            if pos is None:
-                raise ValueError("labels are one per row but the activations have a position dim: "
-                                 "pass pos=... (e.g. pos=-1 for the last token)")
-            acts, tokens = acts[:, pos], tokens[:, pos]
+        if labels.ndim == 2 and pos is None:             # per-token labels
+            if labels.shape[1] != acts.shape[1]:
+                raise ValueError(f"per-token labels have {labels.shape[1]} positions but the activations "
+                                 f"have {acts.shape[1]}")
+            keep = keep_rows[:, None] & _labelled(labels, kind)
+            return acts[keep].float(), labels[keep], tokens[keep].long()
+        if pos is None:
+            raise ValueError("labels are one per row but the activations have a position dim: "
+                             "pass pos=... (e.g. pos=-1 for the last token)")
+        acts, tokens = acts[:, pos], tokens[:, pos]
+        labels = labels[:, pos] if labels.ndim == 2 else labels
     elif acts.ndim == 2:
         tokens = tokens[:, -1] if pos is None else tokens[:, pos]
     else:
         raise ValueError(f"cannot probe activations of shape {tuple(acts.shape)}: expected [rows, pos, d] or [rows, d]")
-    ok = labels >= 0 if kind == "logistic" else ~torch.isnan(labels)
-    return acts[ok].float(), labels[ok], tokens[ok].long()
+    keep = keep_rows & _labelled(labels, kind)
+    return acts[keep].float(), labels[keep], tokens[keep].long()
+
+
+def _labelled(labels: torch.Tensor, kind: str) -> torch.Tensor:
+    return labels >= 0 if kind == "logistic" else ~torch.isnan(labels)
