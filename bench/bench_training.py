@@ -45,9 +45,6 @@ def bench_cpu(config: str, rounds: int, warmup: int, threads: int) -> dict:
     recs = {"none": None,
             "four": Recorder(tr.model, cfg.override(record__hooks=FOUR_HOOKS), tmp / "four", tr.data, tr.device),
             "resid": Recorder(tr.model, cfg.override(record__hooks=resid), tmp / "resid", tr.data, tr.device)}
-    for r in recs.values():
-        if r is not None:
-            (tmp / "four").mkdir(exist_ok=True)
     times: dict[str, list[float]] = {k: [] for k in recs}
     names = list(recs)
     for i in range(warmup + rounds):

@@ -7,7 +7,6 @@ metrics log and the recording's cut-back.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -82,9 +81,11 @@ def test_sigkill_then_resume_gives_the_same_losses_and_recording(uninterrupted, 
 
 
 def test_resume_before_any_checkpoint_starts_over(tmp_path):
+    from training.config import load_config
+    from training.trainer import train
     out = tmp_path / "run"
-    r = subprocess.run(_cmd(out, "--resume", "--max-steps", "6"), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    train(load_config("tiny").override(system__num_threads=0, schedule__max_steps=6), out, resume=True,
+          progress=False)
     assert sorted(_losses(out)) == list(range(1, 7))
 
 
@@ -103,17 +104,28 @@ def test_checkpoints_load_in_workbench_and_transformers(uninterrupted):
     assert state["step"] == STEPS and {"optimizer", "scheduler", "rng", "data"} <= set(state)
 
 
-def test_existing_run_without_resume_is_one_clear_error(uninterrupted):
-    r = subprocess.run(_cmd(uninterrupted), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("error:") and "--resume" in r.stderr
+def _cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:
+    """Run ``workbench ...`` in this process (no interpreter start-up); returns (exit code, stderr)."""
+    from workbench import cli
+    monkeypatch.setattr(sys, "argv", ["workbench", *args])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
 
 
-def test_forcing_cuda_without_one_is_one_line(tmp_path):
+def test_existing_run_without_resume_is_one_clear_error(uninterrupted, capsys, monkeypatch):
+    code, err = _cli(capsys, monkeypatch, "train", "tiny", "--out", str(uninterrupted), "--no-progress")
+    assert code == 1
+    assert err.strip().startswith("error:") and "--resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_forcing_cuda_without_one_is_one_line(tmp_path, capsys, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = subprocess.run(_cmd(tmp_path / "r", "--device", "cuda"), capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert r.returncode == 1
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cuda" in lines[0].lower() and lines[0].startswith("error:")
+    code, err = _cli(capsys, monkeypatch, "train", "tiny", "--out", str(tmp_path / "r"), "--device", "cuda")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error:") and "cuda" in lines[0].lower()
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()

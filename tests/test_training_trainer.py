@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -12,8 +11,25 @@ from training.config import load_config
 from training.schedule import lr_factor, record_steps
 
 
+_TOKENIZER: list = []
+
+
 def _tiny(**changes):
-    return load_config("tiny").override(system__num_threads=0, **changes)
+    """The tiny config, sharing one trained BPE across this file's runs (training it is the slow part)."""
+    cfg = load_config("tiny").override(system__num_threads=0, **changes)
+    if _TOKENIZER:
+        cfg = cfg.override(data__tokenizer=_TOKENIZER[0])
+    return cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_tokenizer(tmp_path_factory):
+    from training.data import build_data
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    build_data(load_config("tiny").data, None).tokenizer.save(path)
+    _TOKENIZER.append(str(path))
+    yield
+    _TOKENIZER.clear()
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine_to_the_floor():
@@ -81,7 +97,8 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
     assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_metrics_rows_and_report_command(tmp_path):
+def test_metrics_rows_and_report_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
     from training.trainer import train
     run = tmp_path / "run"
     train(_tiny(schedule__max_steps=6), run, progress=False)
@@ -90,11 +107,17 @@ def test_metrics_rows_and_report_command(tmp_path):
     assert {"step", "loss", "lr", "tokens", "tok_per_s", "grad_norm"} <= set(rows[0])
     assert rows[-1]["tokens"] == 6 * 4 * 32 and "val_loss" in rows[4]
     assert (run / "config.toml").is_file() and (run / "tokenizer.json").is_file()
-    r = subprocess.run([sys.executable, "-m", "workbench.cli", "report", str(run)], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "loss curve:" in r.stdout and "induction score" in r.stdout
-    assert "step      6:" in r.stdout
-    bad = subprocess.run([sys.executable, "-m", "workbench.cli", "report", str(tmp_path)], capture_output=True,
-                         text=True, timeout=60)
-    assert bad.returncode == 1 and "not a training run folder" in bad.stderr
+    from workbench import cli
+    for args, want_code in (([str(run)], 0), ([str(tmp_path)], 1)):
+        try:
+            sys.argv = ["workbench", "report", *args]
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        out = capsys.readouterr()
+        assert code == want_code, out.err
+        if want_code == 0:
+            assert "loss curve:" in out.out and "induction score" in out.out and "step      6:" in out.out
+        else:
+            assert "not a training run folder" in out.err

@@ -64,6 +64,9 @@ class Recorder:
         self.path = Path(run_dir) / "activations.h5"
         self.names = model.resolve_hooks(list(cfg.record.hooks))
         self.tokens = probe_tokens(cfg, data)
+        # The probe forward stops after the last block a hook lives in (no unembedding either).
+        layers = [int(n.split(".")[1]) if n.startswith("blocks.") else None for n in self.names]
+        self.stop_at = None if None in layers or not layers else max(layers) + 1
         self.last_step = -1
         self.writer = None
         if not (write or self.collective):
@@ -100,7 +103,7 @@ class Recorder:
             shapes[hook.name] = tuple(t.shape[1:])
         with torch.no_grad():
             self.model.run_with_hooks(self.tokens[:1].to(self.device), return_type=None,
-                                      fwd_hooks=[(n, grab) for n in self.names])
+                                      stop_at_layer=self.stop_at, fwd_hooks=[(n, grab) for n in self.names])
         return shapes
 
     @torch.no_grad()
@@ -114,7 +117,7 @@ class Recorder:
             acts[hook.name] = t.detach()
         try:
             self.model.run_with_hooks(self.tokens.to(self.device, non_blocking=True), return_type=None,
-                                      fwd_hooks=[(n, keep) for n in self.names])
+                                      stop_at_layer=self.stop_at, fwd_hooks=[(n, keep) for n in self.names])
         finally:
             self.model.train(was_training)
         return acts
