@@ -77,3 +77,24 @@ class ActivationCache(Mapping):
             ptr = storage.data_ptr()
             seen[(v.device, ptr) if ptr else ("no data", id(v))] = storage.nbytes()  # meta: no pointer
         return sum(seen.values())
+
+
+def compact(cache: dict[str, torch.Tensor]) -> None:
+    """Copy out cached views that would keep a bigger tensor alive, in place.
+
+    ``hook_q`` is a view into the fused qkv output and a ``pos_slice`` is a view
+    into the full activation: kept as they are, they would hold the whole
+    parent. Views are grouped by the storage they share; a group is copied only
+    when it covers less than its storage, so caching q, k *and* v together
+    (exactly the qkv tensor) copies nothing.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for k, t in cache.items():
+        ptr = t.untyped_storage().data_ptr()
+        groups.setdefault((t.device, ptr) if ptr else ("no data", k), []).append(k)
+    for keys in groups.values():
+        distinct = {(cache[k].data_ptr(), cache[k].shape, cache[k].stride()): cache[k] for k in keys}
+        used = sum(t.numel() * t.element_size() for t in distinct.values())
+        if used < cache[keys[0]].untyped_storage().nbytes():
+            for k in keys:
+                cache[k] = cache[k].clone(memory_format=torch.contiguous_format)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .cache import ActivationCache
+from .cache import ActivationCache, compact
 from .hook_point import HookFn, HookPoint
 from .names import NamesFilter, match_names
 
@@ -121,13 +121,7 @@ class HookedRootModule(nn.Module):
                     t = t[:, pos_slice] if t.ndim >= 2 else t
                 if remove_batch_dim:
                     t = t[0]
-                if device is not None:
-                    t = t.to(device)
-                if t.untyped_storage().nbytes() > t.numel() * t.element_size():
-                    # A view into a bigger tensor (q of the fused qkv, a pos_slice) would keep
-                    # all of it alive: copy, so the cache holds exactly what was asked for.
-                    t = t.clone()
-                cache[key] = t
+                cache[key] = t.to(device) if device is not None else t
             return hook
 
         fwd = [(n, save(n)) for n in names]
@@ -153,6 +147,7 @@ class HookedRootModule(nn.Module):
                     raise ValueError("incl_bwd=True needs a scalar output to backpropagate: "
                                      "pass return_type='loss' (or a forward that returns a scalar)")
                 out.backward()
+        compact(cache)
         if return_cache_object:
             return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache

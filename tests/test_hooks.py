@@ -291,6 +291,10 @@ def test_cache_memory_is_exactly_the_requested_tensors(tiny_model):
     assert cache.nbytes() == expected
     # hook_q is a slice of the fused qkv output: the cache must not keep all of qkv alive.
     assert cache["q", 0].untyped_storage().nbytes() == 4 * b * p * h * dh
+    # q, k and v together are exactly the fused qkv output: kept as views, not copied.
+    _, qkv = tiny_model.run_with_cache(TOKENS, names_filter=["q0", "k0", "v0"])
+    assert qkv.nbytes() == 3 * 4 * b * p * h * dh
+    assert qkv["q", 0].untyped_storage().data_ptr() == qkv["v", 0].untyped_storage().data_ptr()
     _, everything = tiny_model.run_with_cache(TOKENS)
     # Every tensor once, except those that are one object under two names
     # (hook_embed is blocks.0.hook_resid_pre; resid_post of a layer is resid_pre of the next).

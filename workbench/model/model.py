@@ -77,11 +77,16 @@ class Attention(nn.Module):
             k, v = kv_cache.update(self.layer, k, v)
         kp = k.shape[2]
         if self.hook_attn_scores.active or self.hook_pattern.active:
-            scores = (q @ k.transpose(-1, -2)) * self.scale          # [batch, head, q_pos, k_pos]
-            mask = torch.ones(p, kp, dtype=torch.bool, device=x.device).tril(diagonal=kp - p)
-            scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
-            pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
-            z = pattern @ v                                          # [batch, head, pos, d_head]
+            # Scale q (pos x d_head) rather than the scores (pos x pos), and mask in place:
+            # the explicit path then costs little more than SDPA.
+            scores = (q * self.scale) @ k.transpose(-1, -2)          # [batch, head, q_pos, k_pos]
+            future = torch.ones(p, kp, dtype=torch.bool, device=x.device).triu(diagonal=kp - p + 1)
+            scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
+            if scores.dtype == torch.float32:
+                pattern = scores.softmax(dim=-1)
+            else:  # half precision: softmax in fp32, as HF's eager attention does
+                pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            z = self.hook_pattern(pattern) @ v                       # [batch, head, pos, d_head]
         elif past == 0 or p == 1:
             # One query attends to everything cached; a fresh sequence is plain causal.
             z = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and p > 1, scale=self.scale)

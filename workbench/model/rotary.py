@@ -22,14 +22,22 @@ def rotary_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float,
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``rotary_dim`` dims of ``x`` ``[batch, pos, head, d_head]``.
+    """Rotate the first ``rotary_dim`` dims of ``x`` ``[batch, pos, head, d_head]``; returns a new tensor.
 
     ``cos``/``sin`` are ``[pos, rotary_dim]``. Uses HF's "rotate half" pairing
-    (dim i with dim i + rotary_dim/2), which is what Phi checkpoints were trained with.
+    (dim i with dim i + rotary_dim/2), which is what Phi checkpoints were trained with:
+    ``[x1, x2] -> [x1*cos - x2*sin, x2*cos + x1*sin]``, bit-identical to HF's
+    ``x*cos + rotate_half(x)*sin`` (both halves of each table are equal). Writing the
+    three parts into one fresh tensor avoids ``torch.cat`` on the strided q/k views of
+    the fused qkv output, which measured ~9x slower (3.9 ms vs 0.4 ms per call at the
+    ``mid`` config, batch 4 x 256, one CPU thread).
     """
     rd = cos.shape[-1]
-    x_rot, x_pass = x[..., :rd], x[..., rd:]
-    c, s = cos[:, None, :], sin[:, None, :]                  # [pos, 1, rotary_dim]
     half = rd // 2
-    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    return torch.cat((x_rot * c + rotated * s, x_pass), dim=-1)
+    c, s = cos[:, None, :half], sin[:, None, :half]          # [pos, 1, rotary_dim/2]
+    x1, x2 = x[..., :half], x[..., half:rd]
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out[..., :half] = x1 * c - x2 * s
+    out[..., half:rd] = x2 * c + x1 * s
+    out[..., rd:] = x[..., rd:]
+    return out
