@@ -83,3 +83,22 @@ def test_missing_scale_is_a_clear_error(tiny_model):
     _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: "resid" in n)
     with pytest.raises(KeyError, match="hook_scale"):
         lens.accumulated_resid(cache, layer=1, apply_ln=True)
+
+
+@torch.no_grad()
+def test_lens_and_patching_from_a_store_cache(run, tmp_path):
+    """A cache read back from the HDF5 store gives the same analyses as the in-memory one."""
+    from workbench.analysis.patching import get_act_patch_resid_pre
+    from workbench.store import ActivationStore, StoreWriter
+    model, tokens, logits, cache, _ = run
+    names = [n for n in cache if "resid" in n or n in ("hook_embed", "ln_final.hook_scale") or "_out" in n]
+    with StoreWriter(tmp_path / "c.h5", hooks={n: (tuple(cache[n].shape[1:]), torch.float32) for n in names},
+                     seq_len=tokens.shape[1]) as w:
+        w.append(tokens, {n: cache[n] for n in names})
+    stored = ActivationStore.open(tmp_path / "c.h5").to_cache(model=model)
+    torch.testing.assert_close(lens.logit_lens(stored), lens.logit_lens(cache))
+    torch.testing.assert_close(lens.decompose_resid(stored), lens.decompose_resid(cache))
+    metric = lambda lg: lg[:, -1, 3].mean()
+    corrupted = tokens.flip(0)
+    torch.testing.assert_close(get_act_patch_resid_pre(model, corrupted, stored, metric),
+                               get_act_patch_resid_pre(model, corrupted, cache, metric))
