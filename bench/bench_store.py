@@ -58,7 +58,7 @@ def drop_page_cache(path: Path) -> None:
 
 
 # -- e2e ----------------------------------------------------------------------------------------
-def bench_e2e(d: Path, reps: int = 4, rows: int = 128, seq_len: int = 128, batch: int = 8) -> dict:
+def bench_e2e(d: Path, reps: int = 3, rows: int = 64, seq_len: int = 128, batch: int = 8) -> dict:
     """Wall and CPU time of the loop, forward-only (A) vs caching (B), in ABBA order, medians of ratios."""
     ckpt = make_checkpoint(d / "ckpt-small")
     ids = make_ids(d / "e2e_ids.npy", rows, seq_len, 4096)
@@ -75,9 +75,25 @@ def bench_e2e(d: Path, reps: int = 4, rows: int = 128, seq_len: int = 128, batch
         times: dict[str, list] = {"fwd": [], "cache": []}
         mb = 0.0
 
+        busy = {"append": 0.0, "write": 0.0, "batches": 0}
+
+        class TimedWriter(StoreWriter):
+            """Adds up the time the caller spends in append() and the writer thread in _write()."""
+
+            def append(self, *a, **k):
+                t0 = time.perf_counter()
+                super().append(*a, **k)
+                busy["append"] += time.perf_counter() - t0
+                busy["batches"] += 1
+
+            def _write(self, item):
+                t0 = time.perf_counter()
+                super()._write(item)
+                busy["write"] += time.perf_counter() - t0
+
         def once(kind: str) -> None:
             nonlocal mb
-            w = StoreWriter(d / "e2e.h5", spec, seq_len=seq_len, meta=META_COLUMNS) if kind == "cache" else None
+            w = TimedWriter(d / "e2e.h5", spec, seq_len=seq_len, meta=META_COLUMNS) if kind == "cache" else None
             t, c = time.perf_counter(), time.process_time()
             run_model(model, batches, names, w)
             if w is not None:
@@ -96,7 +112,11 @@ def bench_e2e(d: Path, reps: int = 4, rows: int = 128, seq_len: int = 128, batch
             "wall_ratio_of_medians": round(statistics.median(fw) / statistics.median(cw), 3),
             "cpu_ratio_of_medians": round(statistics.median(fc) / statistics.median(cc), 3),
             "wall_s": {"fwd": [round(x, 2) for x in fw], "cache": [round(x, 2) for x in cw]},
-            "MB_written": round(mb, 1), "cache_MB_s": round(mb / statistics.median(cw), 1)}
+            "MB_written": round(mb, 1), "cache_MB_s": round(mb / statistics.median(cw), 1),
+            # the store's own cost per batch: append() blocks the model; _write() runs beside it
+            "fwd_ms_per_batch_median": round(1e3 * statistics.median(fw) / len(batches), 1),
+            "append_ms_per_batch": round(1e3 * busy["append"] / busy["batches"], 2),
+            "writer_thread_ms_per_batch": round(1e3 * busy["write"] / busy["batches"], 2)}
     return results
 
 
@@ -106,7 +126,7 @@ def _shapes(model, names, seq_len):
 
 
 # -- write ----------------------------------------------------------------------------------------
-def bench_write(d: Path, reps: int = 3, total_mb: int = 1024) -> dict:
+def bench_write(d: Path, reps: int = 5, total_mb: int = 1024) -> dict:
     row = (128, 2560)   # one phi-2 resid_post row at 128 tokens, fp16: 640 KiB
     batch = 16
     x = torch.randn(batch, *row).half()
@@ -138,6 +158,7 @@ def bench_write(d: Path, reps: int = 3, total_mb: int = 1024) -> dict:
 
 # -- read ------------------------------------------------------------------------------------------
 def bench_read(d: Path, n_reads: int = 400) -> dict:
+    """Random rows through probe_dataset: from disk (page cache dropped) and from the page cache."""
     path = d / "read.h5"
     row = (128, 2560)
     if not path.exists():
@@ -150,15 +171,29 @@ def bench_read(d: Path, n_reads: int = 400) -> dict:
     with ActivationStore.open(path) as s:
         labels = torch.zeros(len(s))
         for pos_label, pos in [("whole row (640 KiB)", None), ("one position (5 KiB)", -1)]:
-            for cache_label, cache in [("cache sized by probe_dataset", None), ("HDF5 default 8 MiB cache", 8 << 20)]:
-                ds = s.probe_dataset("h", labels, pos=pos, cache_bytes=cache)
-                idx = rng.integers(0, len(ds), n_reads)
-                drop_page_cache(path)
-                t = time.perf_counter()
-                nbytes = sum(ds[int(i)][0].numel() * 2 for i in idx)
-                dt = time.perf_counter() - t
-                res[f"{pos_label}, {cache_label}"] = {"rows_s": round(n_reads / dt, 1),
-                                                      "useful_MB_s": round(nbytes / 1e6 / dt, 1)}
+            for cache_label, cache in [("probe_dataset's cache (none)", None), ("HDF5 default 8 MiB cache", 8 << 20)]:
+                for where in ("disk", "page cache"):
+                    ds = s.probe_dataset("h", labels, pos=pos, cache_bytes=cache)
+                    idx = rng.integers(0, len(ds), n_reads)
+                    if where == "disk":
+                        drop_page_cache(path)
+                    else:
+                        ds.load()   # warm the page cache with the whole file's rows
+                    t = time.perf_counter()
+                    nbytes = sum(ds[int(i)][0].numel() * 2 for i in idx)
+                    dt = time.perf_counter() - t
+                    res[f"{pos_label}, {cache_label}, from {where}"] = {
+                        "rows_s": round(n_reads / dt, 1), "useful_MB_s": round(nbytes / 1e6 / dt, 1)}
+        # what probe training does: a shuffled DataLoader with workers, batched reads (__getitems__)
+        for workers in (0, 4):
+            ds = s.probe_dataset("h", labels, pos=-1)
+            loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers)
+            drop_page_cache(path)
+            t = time.perf_counter()
+            n = sum(len(b[1]) for b in loader)
+            dt = time.perf_counter() - t
+            res[f"DataLoader shuffle, batch 64, {workers} workers, one position, from disk"] = {
+                "rows_s": round(n / dt, 1)}
     return res
 
 
@@ -213,11 +248,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["all", "e2e", "write", "read", "chunks", "rss"])
     ap.add_argument("--dir", type=Path, default=None, help="Scratch folder on the disk to measure.")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (1 = what DataLoader workers use; on an oversubscribed "
+                         "machine torch's thread pool can make a 300K-element cast take 35 ms instead of 0.03 ms)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     d = args.dir or Path(tempfile.mkdtemp(prefix="bench-store-"))
     d.mkdir(parents=True, exist_ok=True)
     parts = ["rss", "e2e", "write", "read", "chunks"] if args.what == "all" else [args.what]
-    out = {"machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, h5py {h5py.__version__} "
+    out = {"machine": f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), torch {torch.__version__}, h5py {h5py.__version__} "
                       f"(HDF5 {h5py.version.hdf5_version})",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for p in parts:

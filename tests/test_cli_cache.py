@@ -256,3 +256,13 @@ def test_ctrl_c_saves_what_was_done(tiny_checkpoint, ids_npy, tmp_path):
     with ActivationStore.open(out) as s:
         assert 24 <= len(s) < 160
         assert torch.equal(s.tokens[:], torch.from_numpy(np.load(ids_npy)[: len(s)]))
+
+
+def test_model_can_be_a_training_run_folder(tiny_checkpoint, ids_npy, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, run / "checkpoints" / "step_00000010")
+    out = tmp_path / "run.h5"
+    code, stdout, err = cli(capsys, "cache", run, "-i", ids_npy, "-k", "resid_post1", "-o", out, "--max-rows", 4)
+    assert code == 0, err
+    with ActivationStore.open(out) as s:
+        assert list(s.hooks) == ["blocks.1.hook_resid_post"] and len(s) == 4

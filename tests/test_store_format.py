@@ -72,3 +72,13 @@ def test_not_hdf5(tmp_path):
     p.write_text("hello")
     with pytest.raises(ValueError, match="not an HDF5 file"):
         read_superblock(p)
+
+
+def test_serial_cast_and_private_copy_match_torch():
+    x = torch.randn(3, 70000)[:, ::2]           # non-contiguous, more elements than one serial piece
+    assert torch.equal(fmt.cast(x, torch.bfloat16).view(torch.int16), x.bfloat16().view(torch.int16))
+    assert fmt.cast(x, torch.float32) is x
+    c = fmt.private_copy(x)
+    assert torch.equal(c, x) and c.data_ptr() != x.data_ptr() and c.is_contiguous()
+    b = x.bfloat16()
+    assert torch.equal(fmt.private_copy(b).view(torch.int16), b.view(torch.int16))

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                         help="Hook name or glob, e.g. 'blocks.*.hook_resid_post'. Repeatable."),
         out: Path = typer.Option(..., "--out", "-o", help="The .h5 file to write."),
         batch_size: int = typer.Option(8, help="Rows per forward pass."),
-        seq_len: Optional[int] = typer.Option(None, help="Tokens per row [default: 128; a 2-D .npy's width]."),
+        seq_len: Optional[int] = typer.Option(None, help="Tokens per row (default 128; for a 2-D .npy, its width)."),
         max_rows: Optional[int] = typer.Option(None, help="Stop after this many rows."),
         dtype: str = typer.Option("float16", help="Stored dtype: float16, bfloat16 (bit-exact) or float32."),
         compression: str = typer.Option("none", help="none (default), gzip or lzf: activations barely compress."),

@@ -55,9 +55,35 @@ def dtype_name(dtype: torch.dtype | str) -> str:
     return name
 
 
+_SERIAL_ELEMENTS = 32768   # below ATen's parallel grain size: each piece runs in the calling thread
+
+
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` on CPU in pieces too small for torch's intra-op thread pool.
+
+    The store casts in its own threads (writer, data loading); one big ``.to()`` there
+    would queue on the thread pool the model is using and stall both (measured on a
+    busy 2-core machine: 35 ms instead of 0.03 ms for a 300K-element cast).
+    """
+    if t.dtype == dtype:
+        return t
+    src = t.contiguous().reshape(-1)
+    out = torch.empty(src.shape, dtype=dtype)
+    for i in range(0, src.numel(), _SERIAL_ELEMENTS):
+        out[i:i + _SERIAL_ELEMENTS].copy_(src[i:i + _SERIAL_ELEMENTS])
+    return out.view(t.shape)
+
+
+def private_copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy made by numpy (one memcpy in this thread; no torch thread pool)."""
+    if t.dtype == torch.bfloat16:
+        return torch.from_numpy(np.array(t.view(torch.int16).numpy())).view(torch.bfloat16)
+    return torch.from_numpy(np.array(t.numpy()))
+
+
 def to_stored(t: torch.Tensor, name: str) -> np.ndarray:
     """A CPU tensor as the numpy array that goes to disk (bf16 -> its uint16 bits)."""
-    t = t.to(DTYPES[name][0])
+    t = cast(t, DTYPES[name][0])
     if name == "bfloat16":
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()

@@ -66,7 +66,8 @@ class ProbeDataset(Dataset):
             from .reader import open_h5
             self._f = open_h5(self.path, rdcc_nbytes=self.cache_bytes)
             self._pid = os.getpid()
-        return self._f[fmt.HOOKS_GROUP][self.hook]
+            self._dset = self._f[fmt.HOOKS_GROUP][self.hook]
+        return self._dset
 
     def _select(self, rows: Union[int, np.ndarray]) -> tuple:
         lead = () if self.step_index is None else (self.step_index,)
@@ -75,13 +76,13 @@ class ProbeDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._ds()[self._select(int(self.rows[i]))]
-        return fmt.from_stored(a, self.dtype_name).to(self.dtype), self.labels[i]
+        return fmt.cast(fmt.from_stored(a, self.dtype_name), self.dtype), self.labels[i]
 
     def __getitems__(self, idx: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A whole DataLoader batch in one HDF5 read (rows sorted, then put back in order)."""
         want = self.rows[np.asarray(idx, dtype=np.int64)]
         uniq, inverse = np.unique(want, return_inverse=True)
-        a = fmt.from_stored(self._ds()[self._select(uniq)], self.dtype_name).to(self.dtype)[inverse]
+        a = fmt.cast(fmt.from_stored(self._ds()[self._select(uniq)], self.dtype_name), self.dtype)[inverse]
         return [(a[j], self.labels[i]) for j, i in enumerate(idx)]
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,4 +95,5 @@ class ProbeDataset(Dataset):
     def __getstate__(self) -> dict:   # picklable for DataLoader workers: drop the open handle
         state = dict(self.__dict__)
         state["_f"], state["_pid"] = None, -1
+        state.pop("_dset", None)
         return state

@@ -270,7 +270,7 @@ class StoreWriter:
         self._put(("step", step, arrays), sum(_nbytes(a) for a in arrays.values()))
 
     def _convert(self, acts: Mapping[str, torch.Tensor], n: int) -> dict[str, tuple]:
-        """Cast each tensor to its stored dtype and start its copy to (pinned) CPU memory."""
+        """Take a private CPU copy of each tensor (CUDA: cast, then a pinned non-blocking copy)."""
         if set(acts) != set(self.hooks):
             missing, extra = sorted(set(self.hooks) - set(acts)), sorted(set(acts) - set(self.hooks))
             raise ValueError(f"acts must hold exactly this writer's hooks; missing {missing}, unexpected {extra}")
@@ -279,21 +279,20 @@ class StoreWriter:
             shape, dname = self.hooks[name]
             if tuple(t.shape) != (n, *shape):
                 raise ValueError(f"{name}: expected shape {[n, *shape]}, got {list(t.shape)}")
-            src = t.detach()
-            t = src.to(fmt.DTYPES[dname][0])
+            t = t.detach()
             if t.device.type == "cuda":
-                # Non-blocking copy into pinned memory; the writer thread waits on the event,
-                # so the caller's stream keeps running while the bytes cross the bus.
+                # Cast on the GPU, then a non-blocking copy into pinned memory; the writer
+                # thread waits on the event, so the caller's stream keeps running.
+                t = t.to(fmt.DTYPES[dname][0])
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 host.copy_(t, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
                 out[name] = (host, event)
             else:
-                # A private copy: the caller may reuse its buffer as soon as we return.
-                # A dtype cast or a device copy already made one; copy only if neither did.
-                shared = t.device.type == "cpu" and t.data_ptr() == src.data_ptr()
-                out[name] = (t.clone() if shared else t.cpu(), None)
+                # A private copy (the caller may reuse its buffer once we return), made by
+                # numpy's memcpy; the cast to the stored dtype happens in the writer thread.
+                out[name] = (fmt.private_copy(t.cpu()), None)
         return out
 
     def _put(self, item: tuple, nbytes: int) -> None:
