@@ -127,12 +127,12 @@ def measure_memory(name: str, batch: int, seq: int) -> dict:
     """Peak RSS growth of one run of ``name`` (MiB), plus cache sizes for the caching variants."""
     ours, hf, tl = build()
     tokens = make_tokens(batch, seq)
+    variants(ours, hf, tl, make_tokens(1, 8))[name]()  # lazy inits, without big buffers
     run = variants(ours, hf, tl, tokens)[name]
-    run()                                # warm-up
     gc.collect()
     before = _kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter to the current RSS
-    out = run()
+    out = run()  # first full-size run: memory freed by an earlier one could hide the growth
     peak = _kib("VmHWM")
     result = {"variant": name, "peak_delta_mib": (peak - before) / 1024}
     if name.endswith("cache_all"):
@@ -159,17 +159,18 @@ def memory_all(names: list[str], batch: int, seq: int, threads: int) -> list[dic
 
 
 # -- start-up --------------------------------------------------------------------
-IMPORTS = {
-    "torch": "import torch",
-    "workbench+PhiModel": "import workbench; from workbench import PhiModel",
-    "hooks": "import hooks",
-    "transformer_lens.hook_points": "import transformer_lens.hook_points",
+IMPORTS = {  # name -> (untimed set-up, timed statement)
+    "torch": ("", "import torch"),
+    "workbench+PhiModel": ("", "import workbench; from workbench import PhiModel"),
+    "workbench+PhiModel after torch": ("import torch", "import workbench; from workbench import PhiModel"),
+    "hooks": ("", "import hooks"),
+    "transformer_lens.hook_points": ("", "import transformer_lens.hook_points"),
 }
 
 
-def import_cost(stmt: str) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of ``stmt`` in a fresh interpreter."""
-    code = ("import time, re, pathlib\nt0 = time.perf_counter()\n" + stmt + "\n"
+def import_cost(setup: str, stmt: str) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of ``stmt`` in a fresh interpreter, after an untimed ``setup``."""
+    code = ("import time, re, pathlib\n" + setup + "\nt0 = time.perf_counter()\n" + stmt + "\n"
             "dt = time.perf_counter() - t0\n"
             "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', pathlib.Path('/proc/self/status').read_text()).group(1))\n"
             "print(dt, hwm / 1024)")
@@ -183,8 +184,8 @@ def startup(repeats: int) -> dict:
     res["workbench --help"] = []
     exe = str(Path(sys.executable).with_name("workbench"))
     for _ in range(repeats):
-        for k, stmt in IMPORTS.items():
-            res[k].append(import_cost(stmt))
+        for k, (setup, stmt) in IMPORTS.items():
+            res[k].append(import_cost(setup, stmt))
         t0 = time.perf_counter()
         subprocess.run([exe, "--help"], capture_output=True, check=True, cwd=ROOT)
         res["workbench --help"].append((time.perf_counter() - t0, 0.0))
@@ -224,10 +225,13 @@ def report(args, wall, cpu, memory, start) -> str:
     if start:
         lines += ["", "| start-up (fresh interpreter, median) | seconds | peak RSS MiB |", "|---|---|---|"]
         for k, v in start.items():
-            lines.append(f"| {'`' + k + '`'} | {v['s']:.2f} | {v['mib']:.0f} |" if k != "workbench --help"
+            label = f"`{IMPORTS[k][1]}`" + (f" (after an untimed `{IMPORTS[k][0]}`)" if IMPORTS.get(k, ("",))[0] else "") \
+                if k in IMPORTS else k
+            lines.append(f"| {label} | {v['s']:.2f} | {v['mib']:.0f} |" if k != "workbench --help"
                          else f"| `workbench --help` (wall, whole process) | {v['s']:.2f} | |")
         extra = start["workbench+PhiModel"]["s"] - start["torch"]["s"]
-        lines.append(f"| `import workbench; from workbench import PhiModel` minus `import torch` | {extra:.2f} | |")
+        lines.append(f"| `import workbench; from workbench import PhiModel` minus `import torch` "
+                     f"(difference of the medians above) | {extra:.2f} | |")
     return "\n".join(lines)
 
 
@@ -240,6 +244,7 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="variants to time (default: all)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-startup", action="store_true")
+    p.add_argument("--startup-repeats", type=int, default=9)
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write raw numbers here")
     args = p.parse_args()
@@ -251,7 +256,7 @@ def main() -> None:
     names = args.only or FWD + FWD_BWD
     wall, cpu = time_variants(names, args.repeats, args.batch, args.seq)
     memory = [] if args.skip_memory else memory_all(names, args.batch, args.seq, args.threads)
-    start = {} if args.skip_startup else startup(5)
+    start = {} if args.skip_startup else startup(args.startup_repeats)
     print(report(args, wall, cpu, memory, start))
     if args.json:
         args.json.write_text(json.dumps({"wall": wall, "cpu": cpu, "memory": memory, "startup": start}, indent=2))
