@@ -35,3 +35,18 @@ def test_inspect_rejects_non_stores(tmp_path, capsys):
     assert_one_line_error(code, err, "not a workbench activation store")
     code, _, err = cli(capsys, "inspect", tmp_path / "missing.h5")
     assert_one_line_error(code, err, "no such file")
+
+
+def test_inspect_describes_a_training_recording(tmp_path, capsys):
+    import torch
+
+    from workbench.store import StoreWriter
+    path = tmp_path / "activations.h5"
+    with StoreWriter(path, {"blocks.0.attn.hook_pattern": ((2, 8, 8), torch.float16)}, seq_len=8, steps=True,
+                     probe_tokens=torch.zeros(6, 8, dtype=torch.long), attrs={"model_source": "runs/a"}) as w:
+        for step in (0, 100, 200):
+            w.append_step(step, {"blocks.0.attn.hook_pattern": torch.rand(6, 2, 8, 8)})
+    code, stdout, err = cli(capsys, "inspect", path)
+    assert code == 0, err
+    assert "recording    3 steps (0..200) x 6 probe rows x 8 tokens" in stdout
+    assert "blocks.0.attn.hook_pattern  [2, 8, 8] float16" in stdout and "runs/a" in stdout

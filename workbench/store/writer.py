@@ -270,7 +270,7 @@ class StoreWriter:
         self._put(("step", step, arrays), sum(_nbytes(a) for a in arrays.values()))
 
     def _convert(self, acts: Mapping[str, torch.Tensor], n: int) -> dict[str, tuple]:
-        """Take a private CPU copy of each tensor (CUDA: cast, then a pinned non-blocking copy)."""
+        """A private CPU copy of each tensor in its stored dtype (CUDA: cast, then a pinned non-blocking copy)."""
         if set(acts) != set(self.hooks):
             missing, extra = sorted(set(self.hooks) - set(acts)), sorted(set(acts) - set(self.hooks))
             raise ValueError(f"acts must hold exactly this writer's hooks; missing {missing}, unexpected {extra}")
@@ -290,9 +290,11 @@ class StoreWriter:
                 event.record()
                 out[name] = (host, event)
             else:
-                # A private copy (the caller may reuse its buffer once we return), made by
-                # numpy's memcpy; the cast to the stored dtype happens in the writer thread.
-                out[name] = (fmt.private_copy(t.cpu()), None)
+                # A private copy (the caller may reuse its buffer once we return): the cast to
+                # the stored dtype makes one (fp32 -> fp16 also halves the bytes to copy and
+                # queue); without a cast, numpy's memcpy. Neither uses torch's thread pool.
+                t, target = t.cpu(), fmt.DTYPES[dname][0]
+                out[name] = (fmt.cast(t, target) if t.dtype != target else fmt.private_copy(t), None)
         return out
 
     def _put(self, item: tuple, nbytes: int) -> None:
