@@ -94,3 +94,10 @@ def test_micro_batches_partition_the_global_batch():
         plan_batch(DataSection(batch_size=6), world=4)
     with pytest.raises(ValueError, match="micro_batch_size 3"):
         plan_batch(DataSection(batch_size=8, micro_batch_size=3), world=1)
+
+
+def test_synthetic_vocab_limits_the_repeated_rows_tokens():
+    cfg = DataSection(seq_len=32, batch_size=8, synthetic_fraction=1.0, synthetic_vocab_size=20,
+                      synthetic_period_min=4, synthetic_period_max=8)
+    x = Batches(_data(), cfg, seed=2).global_batch(0)
+    assert (x[:, 0] == 0).all() and int(x[:, 1:].max()) < 20 and int(x[:, 1:].min()) >= 1
