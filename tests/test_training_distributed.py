@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 STEPS = 8
 
@@ -24,10 +25,16 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_ddp_two_processes_match_one_process(tmp_path):
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    r1 = _train(single, 1)
-    assert r1.returncode == 0, r1.stderr[-3000:]
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    r = _train(out, 1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_ddp_two_processes_match_one_process(single, tmp_path):
+    ddp = tmp_path / "ddp"
     r2 = _train(ddp, 2)
     assert r2.returncode == 0, r2.stderr[-3000:]
     a, b = _metrics(single), _metrics(ddp)
@@ -45,14 +52,12 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert sorted(p.name for p in (ddp / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000008"]
 
 
-def test_fsdp2_two_processes_match_one_process(tmp_path):
+def test_fsdp2_two_processes_match_one_process(single, tmp_path):
     from training.config import load_config
     from workbench import PhiModel
     cfg = tmp_path / "fsdp.toml"
     cfg.write_text(load_config("tiny").override(system__parallel="fsdp").to_toml())
-    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
-    r1 = _train(single, 1)
-    assert r1.returncode == 0, r1.stderr[-3000:]
+    fsdp = tmp_path / "fsdp"
     r2 = _train(fsdp, 2, str(cfg))
     assert r2.returncode == 0, r2.stderr[-3000:]
     a, b = _metrics(single), _metrics(fsdp)
