@@ -1,6 +1,4 @@
 """Lens and attribution functions agree with TransformerLens's ActivationCache on our cache and model."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -17,13 +15,10 @@ def run(tiny_model):
 
 
 def _tl_cache(model, data):
+    """TL's own ActivationCache over our model: it reads cfg, blocks, ln_final and
+    tokens_to_residual_directions, which PhiModel provides."""
     tl_cache = pytest.importorskip("transformer_lens.ActivationCache")
-    shim = SimpleNamespace(  # what TL's ActivationCache reads from a model
-        cfg=SimpleNamespace(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, normalization_type="LN",
-                            attn_only=False, final_rms=False),
-        ln_final=model.ln_final, blocks=model.blocks,
-        tokens_to_residual_directions=lambda t: lens.tokens_to_residual_directions(model, t))
-    return tl_cache.ActivationCache(dict(data), shim)
+    return tl_cache.ActivationCache(dict(data), model)
 
 
 @torch.no_grad()

@@ -162,7 +162,7 @@ def apply_ln_to_stack(cache, residual_stack: torch.Tensor, layer: Optional[int] 
 
 def tokens_to_residual_directions(model, tokens: torch.Tensor | int) -> torch.Tensor:
     """Unembedding columns of ``tokens``: ``[*tokens.shape, d_model]``."""
-    return model.W_U[:, torch.as_tensor(tokens, device=model.W_U.device)].movedim(0, -1)
+    return model.tokens_to_residual_directions(tokens)
 
 
 def logit_attrs(cache, residual_stack: torch.Tensor, tokens, incorrect_tokens=None, pos_slice=None,

@@ -52,6 +52,14 @@ class PhiConfig:
         return None
 
     @property
+    def attn_only(self) -> bool:
+        return False
+
+    @property
+    def final_rms(self) -> bool:
+        return False
+
+    @property
     def act_fn(self) -> str:
         return "gelu_new"
 

@@ -287,6 +287,10 @@ class PhiModel(HookedRootModule):
     def b_U(self) -> torch.Tensor:
         return self.unembed.bias
 
+    def tokens_to_residual_directions(self, tokens: Union[torch.Tensor, int]) -> torch.Tensor:
+        """Unembedding directions of ``tokens``: ``[*tokens.shape, d_model]`` (TransformerLens's name)."""
+        return self.W_U[:, torch.as_tensor(tokens, device=self.W_U.device)].movedim(0, -1)
+
     @property
     def W_O(self) -> torch.Tensor:
         """``[layer, head, d_head, d_model]``"""
