@@ -58,9 +58,10 @@ def drop_page_cache(path: Path) -> None:
 
 
 # -- e2e ----------------------------------------------------------------------------------------
-def bench_e2e(d: Path, reps: int = 3, rows: int = 64, seq_len: int = 128, batch: int = 8) -> dict:
+def bench_e2e(d: Path, reps: int = 3, rows: int = 64, seq_len: int = 128, batch: int = 8,
+              preset: str = "small") -> dict:
     """Wall and CPU time of the loop, forward-only (A) vs caching (B), in ABBA order, medians of ratios."""
-    ckpt = make_checkpoint(d / "ckpt-small")
+    ckpt = make_checkpoint(d / f"ckpt-{preset}", preset)
     ids = make_ids(d / "e2e_ids.npy", rows, seq_len, 4096)
     model = PhiModel.from_pretrained(ckpt)
     results = {}
@@ -251,6 +252,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (1 = what DataLoader workers use; on an oversubscribed "
                          "machine torch's thread pool can make a 300K-element cast take 35 ms instead of 0.03 ms)")
+    ap.add_argument("--preset", default="small",
+                    help="e2e only: model preset (small is Python-overhead-bound; mid is compute-bound)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,7 +264,7 @@ def main() -> None:
                       f"(HDF5 {h5py.version.hdf5_version})",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for p in parts:
-        out[p] = globals()[f"bench_{p}"](d)
+        out[p] = bench_e2e(d, preset=args.preset) if p == "e2e" else globals()[f"bench_{p}"](d)
         print(json.dumps({p: out[p]}, indent=1), flush=True)
     print(json.dumps(out))
 
