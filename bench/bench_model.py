@@ -49,7 +49,7 @@ def build(seed: int = 0):
     import torch
 
     from workbench.model import PhiConfig, PhiModel
-    from workbench.model.transformer_lens import to_hf_model
+    from workbench.model.tl_bridge import to_hf_model
     torch.manual_seed(seed)
     ours = PhiModel(PhiConfig.from_name("mid")).eval()
     hf = to_hf_model(ours)
@@ -163,7 +163,7 @@ IMPORTS = {  # name -> (untimed set-up, timed statement)
     "torch": ("", "import torch"),
     "workbench+PhiModel": ("", "import workbench; from workbench import PhiModel"),
     "workbench+PhiModel after torch": ("import torch", "import workbench; from workbench import PhiModel"),
-    "hooks": ("", "import hooks"),
+    "hooks": ("", "import workbench.hooks"),
     "transformer_lens.hook_points": ("", "import transformer_lens.hook_points"),
 }
 

@@ -32,9 +32,9 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/
 
 
 def bench_cpu(config: str, rounds: int, warmup: int, threads: int) -> dict:
-    from training.config import load_config
-    from training.recorder import Recorder
-    from training.trainer import Trainer
+    from workbench.training.config import load_config
+    from workbench.training.recorder import Recorder
+    from workbench.training.trainer import Trainer
     tmp = Path(tempfile.mkdtemp(prefix="bench-training-"))
     cfg = load_config(config).override(record__hooks=[], checkpoint__every=0, schedule__eval_every=0,
                                        schedule__max_steps=10**6, system__num_threads=threads,
@@ -80,7 +80,7 @@ def bench_gpu(preset: str, micro: int, seq: int, steps: int, compile_: bool) -> 
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     cfg = PhiConfig.from_name(preset)
     model = PhiModel(cfg).to(dev)
-    from training.trainer import enable_activation_checkpointing
+    from workbench.training.trainer import enable_activation_checkpointing
     enable_activation_checkpointing(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     fwd = torch.compile(model) if compile_ else model

@@ -17,7 +17,7 @@ def near_linear(tiny_model):
         clean_cache_dict, fwd, _ = tiny_model.get_caching_hooks()
         with tiny_model.hooks([("hook_embed", lambda t, hook: t + nudge)] + fwd):
             tiny_model(tokens)
-    from hooks import ActivationCache
+    from workbench.hooks import ActivationCache
     metric = make_logit_diff_metric(torch.tensor([[5, 9], [17, 3]]))
     return tiny_model, tokens, ActivationCache(clean_cache_dict, tiny_model), metric
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.config import CONFIG_DIR, ConfigError, TrainConfig, list_configs, load_config
+from workbench.training.config import CONFIG_DIR, ConfigError, TrainConfig, list_configs, load_config
 
 
 def test_shipped_configs_load():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import DataSection
-from training.corpus import is_val, load_corpus, stdlib_files
-from training.data import Batches, TokenData, build_data, load_memmap, plan_batch
+from workbench.training.config import DataSection
+from workbench.training.corpus import is_val, load_corpus, stdlib_files
+from workbench.training.data import Batches, TokenData, build_data, load_memmap, plan_batch
 
 
 def test_stdlib_corpus_is_split_by_file_and_deterministic():

@@ -53,7 +53,7 @@ def test_ddp_two_processes_match_one_process(single, tmp_path):
 
 
 def test_fsdp2_two_processes_match_one_process(single, tmp_path):
-    from training.config import load_config
+    from workbench.training.config import load_config
     from workbench import PhiModel
     cfg = tmp_path / "fsdp.toml"
     cfg.write_text(load_config("tiny").override(system__parallel="fsdp").to_toml())

@@ -81,8 +81,8 @@ def test_sigkill_then_resume_gives_the_same_losses_and_recording(uninterrupted, 
 
 
 def test_resume_before_any_checkpoint_starts_over(tmp_path):
-    from training.config import load_config
-    from training.trainer import train
+    from workbench.training.config import load_config
+    from workbench.training.trainer import train
     out = tmp_path / "run"
     train(load_config("tiny").override(system__num_threads=0, schedule__max_steps=6), out, resume=True,
           progress=False)

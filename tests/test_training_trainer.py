@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from training.config import load_config
-from training.schedule import lr_factor, record_steps
+from workbench.training.config import load_config
+from workbench.training.schedule import lr_factor, record_steps
 
 
 _TOKENIZER: list = []
@@ -24,7 +24,7 @@ def _tiny(**changes):
 
 @pytest.fixture(scope="module", autouse=True)
 def _shared_tokenizer(tmp_path_factory):
-    from training.data import build_data
+    from workbench.training.data import build_data
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     build_data(load_config("tiny").data, None).tokenizer.save(path)
     _TOKENIZER.append(str(path))
@@ -46,7 +46,7 @@ def test_record_schedule_log_spaced_and_every():
 
 
 def test_param_groups_split_decay_from_no_decay():
-    from training.trainer import param_groups
+    from workbench.training.trainer import param_groups
     from workbench import PhiConfig, PhiModel
     model = PhiModel(PhiConfig.from_name("tiny"))
     decay, no_decay = param_groups(model, 0.1)
@@ -56,7 +56,7 @@ def test_param_groups_split_decay_from_no_decay():
 
 
 def test_recording_equals_the_checkpointed_model_on_the_probe_set(tmp_path):
-    from training.trainer import train
+    from workbench.training.trainer import train
     from workbench import PhiModel
     from workbench.store import ActivationStore
     run = tmp_path / "run"
@@ -76,8 +76,8 @@ def test_recording_equals_the_checkpointed_model_on_the_probe_set(tmp_path):
 
 
 def test_activation_checkpointing_gives_the_same_losses(tmp_path):
-    from training.metrics import read_metrics
-    from training.trainer import train
+    from workbench.training.metrics import read_metrics
+    from workbench.training.trainer import train
     cfg = _tiny(schedule__max_steps=4, record__hooks=[], checkpoint__every=0)
     train(cfg, tmp_path / "plain", progress=False)
     train(cfg.override(system__activation_checkpointing=True), tmp_path / "ckpt", progress=False)
@@ -87,8 +87,8 @@ def test_activation_checkpointing_gives_the_same_losses(tmp_path):
 
 
 def test_grad_accumulation_matches_one_big_batch(tmp_path):
-    from training.metrics import read_metrics
-    from training.trainer import train
+    from workbench.training.metrics import read_metrics
+    from workbench.training.trainer import train
     cfg = _tiny(schedule__max_steps=3, record__hooks=[], checkpoint__every=0)
     train(cfg, tmp_path / "one", progress=False)
     train(cfg.override(data__micro_batch_size=1), tmp_path / "accum", progress=False)
@@ -99,7 +99,7 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
 
 def test_metrics_rows_and_report_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    from training.trainer import train
+    from workbench.training.trainer import train
     run = tmp_path / "run"
     train(_tiny(schedule__max_steps=6), run, progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

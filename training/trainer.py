@@ -18,7 +18,7 @@ import torch
 
 from workbench.model import PhiConfig, PhiModel
 
-from . import checkpoint as ckpt
+from . import run_state as ckpt
 from . import distributed as dist_
 from .config import TrainConfig
 from .data import Batches, TokenData, build_data, plan_batch
@@ -102,7 +102,7 @@ class Trainer:
         self.sched = make_scheduler(self.opt, s.warmup_steps, s.max_steps, s.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.forward = torch.compile(self.wrapped) if cfg.system.compile else self.wrapped
-        self.step, self.tokens = 0, 0
+        self.step, self.tokens_seen = 0, 0
         if resume:
             self._resume()
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
@@ -141,7 +141,7 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
-        self.step, self.tokens = state["step"], state["tokens"]
+        self.step, self.tokens_seen = state["step"], state["tokens"]
 
     # -- one update -------------------------------------------------------------
     def _autocast(self):
@@ -174,7 +174,7 @@ class Trainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens += self.cfg.data.batch_size * self.cfg.data.seq_len
+        self.tokens_seen += self.cfg.data.batch_size * self.cfg.data.seq_len
         return dist_.all_mean(total, self.dist), norm
 
     @torch.no_grad()
@@ -205,7 +205,7 @@ class Trainer:
                 clone = PhiModel(self.model.cfg, tokenizer=self.data.tokenizer)
             clone.load_state_dict(full, assign=True)
             state = {"optimizer": opt_state, "scheduler": self.sched.state_dict(),
-                     "scaler": self.scaler.state_dict(), "tokens": self.tokens, "world": self.dist.world,
+                     "scaler": self.scaler.state_dict(), "tokens": self.tokens_seen, "world": self.dist.world,
                      "data": {"next_batch_step": self.step, "seed": self.cfg.seed}}
             ckpt.save_checkpoint(self.run_dir, self.step, clone, state, self.cfg.checkpoint.keep_last)
         dist_.barrier(self.dist)
@@ -220,7 +220,7 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=s.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
         t0 = last_t = time.perf_counter()
-        start_step, last_tokens, final_val = self.step, self.tokens, None
+        start_step, last_tokens, final_val = self.step, self.tokens_seen, None
         loss_v = float("nan")
         try:
             while True:
@@ -234,11 +234,11 @@ class Trainer:
                 if self.step % s.log_every == 0 or self.step == s.max_steps:
                     now = time.perf_counter()
                     loss_v = float(loss)
-                    tps = (self.tokens - last_tokens) / max(now - last_t, 1e-9)
+                    tps = (self.tokens_seen - last_tokens) / max(now - last_t, 1e-9)
                     row = {"step": self.step, "loss": loss_v, "lr": lr,
-                           "tokens": self.tokens, "grad_norm": float(norm), "tok_per_s": round(tps, 1),
+                           "tokens": self.tokens_seen, "grad_norm": float(norm), "tok_per_s": round(tps, 1),
                            "elapsed_s": round(now - t0, 3)}
-                    last_t, last_tokens = now, self.tokens
+                    last_t, last_tokens = now, self.tokens_seen
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_v:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
                 if (s.eval_every and self.step % s.eval_every == 0) or self.step == s.max_steps:
@@ -260,9 +260,9 @@ class Trainer:
                 self.recorder.close()
             self.metrics.close()
         elapsed = time.perf_counter() - t0
-        summary = {"run_dir": str(self.run_dir), "steps": self.step, "tokens": self.tokens,
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "tokens": self.tokens_seen,
                    "final_loss": loss_v, "val_loss": final_val, "elapsed_s": round(elapsed, 2),
-                   "tok_per_s": round((self.tokens - start_step * cfg.data.batch_size * cfg.data.seq_len)
+                   "tok_per_s": round((self.tokens_seen - start_step * cfg.data.batch_size * cfg.data.seq_len)
                                       / max(elapsed, 1e-9), 1),
                    "n_params": sum(p.numel() for p in self.model.parameters()),
                    "device": str(self.device), "world": self.dist.world}

@@ -8,12 +8,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _moved
+
 __version__ = "0.1.0"
+_moved.install()
 
 _LAZY = {
     "PhiConfig": "workbench.model", "PhiModel": "workbench.model", "Tokenizer": "workbench.model",
-    "KVCache": "workbench.model", "ActivationCache": "hooks", "HookPoint": "hooks",
-    "get_act_name": "hooks",
+    "KVCache": "workbench.model", "ActivationCache": "workbench.hooks", "HookPoint": "workbench.hooks",
+    "get_act_name": "workbench.hooks",
 }
 __all__ = sorted(_LAZY) + ["__version__"]
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from hooks import get_act_name
+from workbench.hooks import get_act_name
 
 from .metrics import Metric, metric_value
 from .patching import ACT_DIMS, _AXIS, check_inputs

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from hooks import get_act_name
+from workbench.hooks import get_act_name
 
 from .metrics import Metric, metric_value
 

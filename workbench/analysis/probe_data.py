@@ -32,7 +32,7 @@ class TensorSource:
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         if hook not in self.acts:
-            from hooks.names import UnknownHookError
+            from workbench.hooks.names import UnknownHookError
             raise UnknownHookError(hook, self.acts)
         return self.acts[hook]
 
@@ -54,7 +54,7 @@ def check_hooks(source, hooks: Sequence[str]) -> None:
         raise ValueError("no hooks given: name at least one hook to probe")
     for h in hooks:
         if h not in source:
-            from hooks.names import UnknownHookError
+            from workbench.hooks.names import UnknownHookError
             raise UnknownHookError(h, list(source.hooks))
 
 

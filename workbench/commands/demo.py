@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from workbench import PhiConfig, PhiModel
-        from workbench.analysis_demo import summarise_cache
+        from workbench.analysis.cache_summary import summarise_cache
 
         torch.manual_seed(seed)
         if checkpoint is not None:

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         if not (run / "metrics.jsonl").is_file():
             raise FileNotFoundError(f"{run} is not a training run folder (no metrics.jsonl); "
                                     "pass the --out folder of `workbench train`")
-        from training.summary import format_report
+        from workbench.training.summary import format_report
         summary_file = run / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
         typer.echo(format_report(run, summary))

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
         Under `torchrun --nproc_per_node N` the same command trains with DDP (or FSDP2: system.parallel).
         """
-        from training.config import TrainConfig, load_config
+        from workbench.training.config import TrainConfig, load_config
 
         cfg_path = out / "config.toml"
         if resume and config is None and cfg_path.is_file():
@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
         cfg = cfg.override(schedule__max_steps=max_steps, checkpoint__every=checkpoint_every,
                            record__every=record_every, system__device=device, seed=seed)
 
-        from training.summary import format_report
-        from training.trainer import Trainer
+        from workbench.training.summary import format_report
+        from workbench.training.trainer import Trainer
         trainer = Trainer(cfg, out, resume=resume, progress=progress)
         summary = trainer.fit()
         if trainer.dist.is_main:

@@ -132,7 +132,7 @@ class _Rows:
 
     def __getitem__(self, hook: str) -> HookView:
         if hook not in self.hooks:
-            from hooks.names import UnknownHookError
+            from workbench.hooks.names import UnknownHookError
             raise UnknownHookError(hook, self.hooks)
         return self._view(hook)
 
@@ -158,7 +158,7 @@ class _Rows:
 
         The analysis code that takes a ``run_with_cache`` cache takes this one.
         """
-        from hooks.cache import ActivationCache
+        from workbench.hooks.cache import ActivationCache
         names = list(self.hooks) if hooks is None else list(hooks)
         return ActivationCache({h: self[h][rows] for h in names}, model=model)
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import save_checkpoint
 from workbench.model import PhiModel
-from workbench.model.checkpoint import CheckpointError
+from workbench.model.hf_format import CheckpointError
 
 TOKENS = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(3))
 
