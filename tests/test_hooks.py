@@ -5,13 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hooks import UnknownHookError, get_act_name
+from workbench.hooks import UnknownHookError, get_act_name
 
 TOKENS = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(5))
 LAYER_HOOKS = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
                "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
                "attn.hook_z", "attn.hook_result", "hook_attn_out", "mlp.hook_pre", "mlp.hook_post",
                "hook_mlp_out", "hook_resid_post"]
+# They fire only when switched on (tests/test_split_inputs.py).
+SWITCHED_HOOKS = ["hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in"]
 
 
 def _no_hooks_left(model) -> bool:
@@ -20,7 +22,7 @@ def _no_hooks_left(model) -> bool:
 
 def test_hook_dict_has_every_design_name_and_no_resid_mid(tiny_model):
     expected = {"hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"}
-    expected |= {f"blocks.{i}.{n}" for i in range(tiny_model.cfg.n_layers) for n in LAYER_HOOKS}
+    expected |= {f"blocks.{i}.{n}" for i in range(tiny_model.cfg.n_layers) for n in LAYER_HOOKS + SWITCHED_HOOKS}
     assert set(tiny_model.hook_dict) == expected
     assert not any("resid_mid" in n for n in tiny_model.hook_dict)
     assert all(hp.name == n for n, hp in tiny_model.hook_dict.items())
@@ -37,7 +39,7 @@ def test_cached_shapes_follow_transformer_lens(tiny_model):
               "blocks.1.hook_resid_post": (b, p, d), "ln_final.hook_normalized": (b, p, d)}
     for name, shape in shapes.items():
         assert cache[name].shape == shape, name
-    assert len(cache) == len(tiny_model.hook_dict)
+    assert len(cache) == len(tiny_model.hook_dict) - tiny_model.cfg.n_layers * len(SWITCHED_HOOKS)
 
 
 @torch.no_grad()

@@ -31,8 +31,14 @@ class PhiConfig:
     # Derived in __post_init__:
     d_head: int = field(init=False)
     rotary_dim: int = field(init=False)
-    # Where the model lives; kept up to date by PhiModel so TransformerLens's tools can read it.
+    # Where the model lives; kept up to date by PhiModel (on its own copy of the config) so
+    # TransformerLens's tools can read it.
     device: Optional[str] = field(default=None, compare=False, repr=False)
+    # TransformerLens's switches for the split input hooks (PhiModel.set_use_split_qkv_input, ...).
+    # They change which hook points fire, not the weights or the numbers: never saved.
+    use_split_qkv_input: bool = field(default=False, compare=False, repr=False)
+    use_attn_in: bool = field(default=False, compare=False, repr=False)
+    use_hook_mlp_in: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -139,11 +145,11 @@ class PhiConfig:
     def to_dict(self) -> dict:
         """The configurable fields (no derived ones), JSON-serialisable."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.init and f.name != "device"}
+                if f.init and f.name not in RUNTIME_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PhiConfig":
-        init = {f.name for f in dataclasses.fields(cls) if f.init}
+        init = {f.name for f in dataclasses.fields(cls) if f.init} - RUNTIME_FIELDS
         unknown = set(d) - init - {"d_head", "rotary_dim"}
         if unknown:
             raise ValueError(f"unknown PhiConfig fields {sorted(unknown)}; valid: {sorted(init)}")
@@ -155,6 +161,9 @@ class PhiConfig:
         per_layer = 4 * (d * d + d) + 2 * d + (d * m + m) + (m * d + d)
         return v * d + L * per_layer + 2 * d + (d * v + v)
 
+
+# Fields that say how a model runs, not what it is: left out of to_dict() and saved configs.
+RUNTIME_FIELDS = frozenset({"device", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in"})
 
 # Exact HF numbers for the published models; small ones for experiments and tests.
 PRESETS: dict[str, dict] = {

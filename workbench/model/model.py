@@ -8,13 +8,14 @@ a hook asks for them; otherwise the fused kernels run.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hooks import HookedRootModule, HookPoint
+from workbench.hooks import HookedRootModule, HookPoint
 
 from .config import PhiConfig
 from .kv_cache import KVCache
@@ -62,11 +63,34 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: Optional[KVCache] = None) -> torch.Tensor:
-        """``x`` ``[batch, pos, d_model]`` (normalised) -> attention output ``[batch, pos, d_model]``."""
-        b, p, _ = x.shape
-        h, dh = self.cfg.n_heads, self.cfg.d_head
-        q, k, v = self.qkv(x).view(b, p, 3, h, dh).unbind(2)       # each [batch, pos, head, d_head]
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        """``x`` ``[batch, pos, d_model]`` (normalised) -> attention output ``[batch, pos, d_model]``.
+
+        ``x`` may also be a tuple of per-head inputs ``(q_in, k_in, v_in)``, each
+        ``[batch, pos, head, d_model]`` (normalised): the split-input path of ``Block``.
+        """
+        if isinstance(x, tuple):
+            q, k, v = self._project_per_head(*x)
+        else:
+            b, p, _ = x.shape
+            q, k, v = self.qkv(x).view(b, p, 3, self.cfg.n_heads, self.cfg.d_head).unbind(2)
+        return self._attend(self.hook_q(q), self.hook_k(k), self.hook_v(v), cos, sin, kv_cache)
+
+    def _project_per_head(self, q_in: torch.Tensor, k_in: torch.Tensor,
+                          v_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each head's q, k, v ``[batch, pos, head, d_head]`` from its own input ``[batch, pos, head, d_model]``.
+
+        One einsum per input with that head's slice of the fused weight: the same
+        multiply-adds as the fused projection, not ``n_heads`` times more.
+        """
+        c = self.cfg
+        w = self.qkv.weight.view(3, c.n_heads, c.d_head, c.d_model)   # [qkv, head, d_head, d_model]
+        bias = self.qkv.bias.view(3, c.n_heads, c.d_head)
+        return tuple(torch.einsum("bphm,hdm->bphd", t, w[i]) + bias[i] for i, t in enumerate((q_in, k_in, v_in)))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: Optional[KVCache]) -> torch.Tensor:
+        """Rotary, scores/pattern (only when hooked) or SDPA, then the output projection."""
+        b, p, h, dh = q.shape
         q = self.hook_rot_q(apply_rotary(q, cos, sin))
         k = self.hook_rot_k(apply_rotary(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
@@ -80,7 +104,7 @@ class Attention(nn.Module):
             # Scale q (pos x d_head) rather than the scores (pos x pos), and mask in place:
             # the explicit path then costs little more than SDPA.
             scores = (q * self.scale) @ k.transpose(-1, -2)          # [batch, head, q_pos, k_pos]
-            future = torch.ones(p, kp, dtype=torch.bool, device=x.device).triu(diagonal=kp - p + 1)
+            future = torch.ones(p, kp, dtype=torch.bool, device=q.device).triu(diagonal=kp - p + 1)
             scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
             if scores.dtype == torch.float32:
                 pattern = scores.softmax(dim=-1)
@@ -91,7 +115,7 @@ class Attention(nn.Module):
             # One query attends to everything cached; a fresh sequence is plain causal.
             z = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and p > 1, scale=self.scale)
         else:  # several new queries after a cache: causal mask offset by the cached length
-            mask = torch.ones(p, kp, dtype=torch.bool, device=x.device).tril(diagonal=kp - p)
+            mask = torch.ones(p, kp, dtype=torch.bool, device=q.device).tril(diagonal=kp - p)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         z = self.hook_z(z.transpose(1, 2))                           # [batch, pos, head, d_head]
         if self.hook_result.active:
@@ -157,14 +181,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Parallel block: ``resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x))``."""
+    """Parallel block: ``resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x))``.
+
+    Split inputs (TransformerLens's flags, off by default and free when off):
+    with ``cfg.use_split_qkv_input`` each head reads its own copy of ``resid_pre``
+    through ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` ``[batch, pos, head, d_model]``,
+    with ``cfg.use_attn_in`` one copy for q, k and v through ``hook_attn_in``, and
+    with ``cfg.use_hook_mlp_in`` the MLP reads ``hook_mlp_in`` ``[batch, pos, d_model]``.
+    Each copy goes through ``ln1`` on its own, so patching one head's key input
+    changes that head's keys only (what edge-level circuit analysis needs).
+    """
 
     def __init__(self, cfg: PhiConfig, layer: int) -> None:
         super().__init__()
+        self.cfg = cfg
         self.ln1 = LayerNorm(cfg)
         self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()   # [batch, pos, d_model]
+        self.hook_attn_in = HookPoint()     # [batch, pos, head, d_model], cfg.use_attn_in only
+        self.hook_q_input = HookPoint()     # [batch, pos, head, d_model], cfg.use_split_qkv_input only
+        self.hook_k_input = HookPoint()
+        self.hook_v_input = HookPoint()
+        self.hook_mlp_in = HookPoint()      # [batch, pos, d_model], cfg.use_hook_mlp_in only
         self.hook_attn_out = HookPoint()    # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()     # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
@@ -172,10 +211,33 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: Optional[KVCache] = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        h = self.ln1(x)
-        attn_out = self.hook_attn_out(self.attn(h, cos, sin, kv_cache))
-        mlp_out = self.hook_mlp_out(self.mlp(h))
+        c = self.cfg
+        if c.use_split_qkv_input or c.use_attn_in or c.use_hook_mlp_in:
+            attn_in, mlp_in = self._split_inputs(x)
+        else:
+            attn_in = mlp_in = self.ln1(x)
+        attn_out = self.hook_attn_out(self.attn(attn_in, cos, sin, kv_cache))
+        mlp_out = self.hook_mlp_out(self.mlp(mlp_in))
         return self.hook_resid_post(attn_out + mlp_out + x)  # HF's summation order
+
+    def _split_inputs(self, x: torch.Tensor):
+        """The normalised attention input (one tensor, or per-head q/k/v inputs) and MLP input."""
+        c = self.cfg
+        if c.use_split_qkv_input or c.use_attn_in:
+            # A real copy per head (not an expand view), so a hook may edit one head in place.
+            per_head = x.unsqueeze(2).repeat(1, 1, c.n_heads, 1)     # [batch, pos, head, d_model]
+            if c.use_split_qkv_input:
+                base = self.hook_attn_in(per_head) if c.use_attn_in else per_head
+                attn_in = tuple(self.ln1(hook(base.clone())) for hook in
+                                (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+            else:
+                normed = self.ln1(self.hook_attn_in(per_head))
+                attn_in = (normed, normed, normed)
+        else:
+            attn_in = self.ln1(x)
+        mlp_in = self.ln1(self.hook_mlp_in(x.clone())) if c.use_hook_mlp_in else \
+            (self.ln1(x) if isinstance(attn_in, tuple) else attn_in)
+        return attn_in, mlp_in
 
 
 class PhiModel(HookedRootModule):
@@ -187,7 +249,9 @@ class PhiModel(HookedRootModule):
 
     def __init__(self, cfg: PhiConfig, tokenizer=None) -> None:
         super().__init__()
-        self.cfg = cfg
+        # A private copy: the model writes cfg.device and the hook switches, and two models
+        # built from one config (a meta-device clone, say) must not change each other's.
+        self.cfg = cfg = dataclasses.replace(cfg)
         self.tokenizer = tokenizer
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -257,6 +321,19 @@ class PhiModel(HookedRootModule):
         if return_type == "both":
             return logits, loss
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+
+    # -- TransformerLens's hook switches ------------------------------------------
+    def set_use_split_qkv_input(self, use: bool) -> None:
+        """Per-head q/k/v inputs through ``blocks.{i}.hook_q_input|hook_k_input|hook_v_input``."""
+        self.cfg.use_split_qkv_input = bool(use)
+
+    def set_use_attn_in(self, use: bool) -> None:
+        """One per-head attention input through ``blocks.{i}.hook_attn_in``."""
+        self.cfg.use_attn_in = bool(use)
+
+    def set_use_hook_mlp_in(self, use: bool) -> None:
+        """The MLP's own copy of its input through ``blocks.{i}.hook_mlp_in``."""
+        self.cfg.use_hook_mlp_in = bool(use)
 
     # -- device bookkeeping for tools that read cfg.device --------------------
     def _apply(self, fn, recurse: bool = True):
@@ -334,12 +411,12 @@ class PhiModel(HookedRootModule):
     def from_pretrained(cls, path_or_hub_id: str, dtype: Optional[torch.dtype] = None,
                         device: Optional[Union[str, torch.device]] = None, **kwargs) -> "PhiModel":
         """Load an HF-format Phi checkpoint (folder or hub id). See ``checkpoint.load_pretrained``."""
-        from .checkpoint import load_pretrained
+        from .hf_format import load_pretrained
         return load_pretrained(path_or_hub_id, dtype=dtype, device=device, **kwargs)
 
     def save_pretrained(self, directory, max_shard_size: Optional[int] = None) -> None:
         """Write HF-format ``config.json`` + safetensors that ``transformers`` loads."""
-        from .checkpoint import save_pretrained
+        from .hf_format import save_pretrained
         save_pretrained(self, directory, max_shard_size=max_shard_size)
 
     @torch.no_grad()
@@ -352,7 +429,7 @@ class PhiModel(HookedRootModule):
 
     def to_transformer_lens(self, tokenizer_dir: Optional[str] = None):
         """An equivalent TransformerLens ``TransformerBridge`` over an HF model with our weights."""
-        from .transformer_lens import to_transformer_lens
+        from .tl_bridge import to_transformer_lens
         return to_transformer_lens(self, tokenizer_dir)
 
 
