@@ -14,34 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TEXT
+from helpers import TEXT, assert_one_line_error, cli
 from workbench.store import ActivationStore
 
 RESID = "blocks.*.hook_resid_post"
-
-
-def cli(capsys, *args):
-    """Run `workbench ARGS` in-process through workbench.cli.main: (exit code, stdout, stderr)."""
-    from workbench.cli import main
-    capsys.readouterr()   # drop output from before the command (e.g. transformers' save progress)
-    old = sys.argv
-    sys.argv = ["workbench", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out, out.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 1
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +110,7 @@ def test_existing_out_is_refused_and_untouched(tiny_checkpoint, docs, tmp_path, 
 
 
 def test_resume_refuses_a_different_model_hooks_or_input(tiny_checkpoint, docs, tmp_path, capsys):
-    from conftest import make_hf_phi, save_checkpoint
+    from helpers import make_hf_phi, save_checkpoint
     out = tmp_path / "r.h5"
     base = ["cache", tiny_checkpoint, "-i", docs, "-o", out, "--seq-len", 16, "--max-rows", 8]
     assert cli(capsys, *base, "-k", RESID)[0] == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tests.conftest import make_tokenizer
+from helpers import make_tokenizer
 
 from workbench.cli import app
 

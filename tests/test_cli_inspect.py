@@ -4,7 +4,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from test_cli_cache import assert_one_line_error, cli
+from helpers import assert_one_line_error, cli
 
 
 def test_inspect_describes_a_cache_file(tiny_checkpoint, tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import save_checkpoint
+from helpers import save_checkpoint
 from workbench.model import PhiModel
 from workbench.model.hf_format import CheckpointError
 

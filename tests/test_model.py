@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import make_hf_phi, save_checkpoint
+from helpers import make_hf_phi, save_checkpoint
 from workbench.model import PhiConfig, PhiModel
 
 # (d_model, n_heads, partial_rotary_factor) -> d_head, rotary_dim

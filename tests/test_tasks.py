@@ -63,7 +63,7 @@ def test_ioi_prompts_pairs(story_tokenizer):
 
 
 def test_ioi_needs_single_token_names():
-    from tests.conftest import make_tokenizer
+    from helpers import make_tokenizer
     with pytest.raises(ValueError, match="single tokens"):
         ioi_prompts(make_tokenizer(), 4)
 
@@ -80,7 +80,7 @@ def test_char_labels():
 
 
 def test_python_probe_set_on_a_small_code_bpe():
-    from tests.conftest import TEXT, make_tokenizer
+    from helpers import TEXT, make_tokenizer
     tok = make_tokenizer()                                                 # BPE trained on Python code
     src = TEXT + '\ns = "a string"  # and a comment\n'
     ps = python_probe_set(tok, [src], seq_len=32, prepend_bos=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import make_tokenizer
+from helpers import make_tokenizer
 from workbench.model import PhiConfig, PhiModel, Tokenizer
 
 TEXT = "def add(a, b):\n    return a + b"

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from workbench.errors import InputError, MissingFileError
+
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".c", ".h", ".js", ".json", ".toml", ".html", ".tex", ".csv"}
 MEMMAP_SUFFIXES = {".bin", ".npy"}
 
@@ -45,7 +47,7 @@ def stdlib_files() -> list[tuple[str, Path]]:
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
-        raise FileNotFoundError(f"the standard library folder {root} does not exist; "
+        raise MissingFileError(f"the standard library folder {root} does not exist; "
                                 "give data.sources explicitly in the config")
     files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts]
     return sorted((p.relative_to(root).as_posix(), p) for p in files)
@@ -67,12 +69,12 @@ def _documents_of(source: str, jsonl_field: str) -> Iterator[tuple[str, Callable
         files = sorted(p for p in path.rglob("*") if p.is_file()
                        and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl"))
         if not files:
-            raise FileNotFoundError(f"folder {path} holds no text or .jsonl files")
+            raise MissingFileError(f"folder {path} holds no text or .jsonl files")
         for f in files:
             yield from _documents_of(str(f), jsonl_field)
         return
     if not path.is_file():
-        raise FileNotFoundError(f"data source {source!r} is neither 'stdlib' nor an existing file or folder")
+        raise MissingFileError(f"data source {source!r} is neither 'stdlib' nor an existing file or folder")
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as fh:
             for i, line in enumerate(fh):
@@ -81,9 +83,9 @@ def _documents_of(source: str, jsonl_field: str) -> Iterator[tuple[str, Callable
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {i + 1} is not JSON ({e.msg})") from None
+                    raise InputError(f"{path} line {i + 1} is not JSON ({e.msg})") from None
                 if not isinstance(obj, dict) or jsonl_field not in obj:
-                    raise ValueError(f"{path} line {i + 1} has no {jsonl_field!r} field; "
+                    raise InputError(f"{path} line {i + 1} has no {jsonl_field!r} field; "
                                      "set data.jsonl_field to the field that holds the text")
                 yield f"{path}:{i}", (lambda text=str(obj[jsonl_field]): text)
         return
@@ -120,11 +122,11 @@ def load_corpus(sources: list[str], val_fraction: float, jsonl_field: str = "tex
     for name, text in docs:
         (corpus.val if is_val(name, val_fraction) else corpus.train).append((name, text))
     if not corpus.train:
-        raise ValueError(f"no training documents in {sources}: every document went to validation "
+        raise InputError(f"no training documents in {sources}: every document went to validation "
                          "or the sources are empty")
     if not corpus.val:  # a tiny corpus: hold out its last document so validation is never empty
         if len(corpus.train) < 2:
-            raise ValueError(f"{sources} holds a single document; give at least two so one can be "
+            raise InputError(f"{sources} holds a single document; give at least two so one can be "
                              "held out for validation (or split the file)")
         corpus.val.append(corpus.train.pop())
     return corpus

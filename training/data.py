@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from workbench.errors import InputError, MissingFileError
 from workbench.model import Tokenizer
 
 from .config import DataSection
@@ -60,7 +61,7 @@ def load_memmap(path: Path, memmap_dtype: str) -> np.ndarray:
     else:
         arr = np.memmap(path, dtype=np.dtype(memmap_dtype), mode="r")
     if arr.ndim != 1:
-        raise ValueError(f"{path} has shape {arr.shape}; pre-tokenized data must be one flat array of ids")
+        raise InputError(f"{path} has shape {arr.shape}; pre-tokenized data must be one flat array of ids")
     return arr
 
 
@@ -73,7 +74,7 @@ def build_data(cfg: DataSection, run_dir: Optional[Path] = None) -> TokenData:
     sources = list(cfg.sources)
     mem = [s for s in sources if Path(s).suffix in MEMMAP_SUFFIXES]
     if mem and len(mem) != len(sources):
-        raise ValueError("data.sources mixes pre-tokenized (.bin/.npy) and text sources; use one kind")
+        raise InputError("data.sources mixes pre-tokenized (.bin/.npy) and text sources; use one kind")
     tok: Optional[Tokenizer] = None
     tok_file = run_dir / "tokenizer.json" if run_dir else None
     if tok_file is not None and tok_file.is_file():
@@ -83,7 +84,7 @@ def build_data(cfg: DataSection, run_dir: Optional[Path] = None) -> TokenData:
     if mem:
         for m in mem:
             if not Path(m).is_file():
-                raise FileNotFoundError(f"pre-tokenized file {m} does not exist")
+                raise MissingFileError(f"pre-tokenized file {m} does not exist")
         arrays = [load_memmap(Path(m), cfg.memmap_dtype) for m in mem]
         stream = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         cut = int(len(stream) * (1 - cfg.val_fraction))
@@ -125,7 +126,7 @@ class Batches:
         self.width = cfg.seq_len + 1
         self.synthetic_vocab = synthetic_vocab(cfg, data.vocab_size)
         if len(data.train) <= self.width:
-            raise ValueError(f"the training split has {len(data.train)} tokens, fewer than seq_len + 1 = "
+            raise InputError(f"the training split has {len(data.train)} tokens, fewer than seq_len + 1 = "
                              f"{self.width}; add data or lower data.seq_len")
 
     def global_batch(self, step: int) -> torch.Tensor:
@@ -178,10 +179,10 @@ def synthetic_vocab(cfg: DataSection, vocab_size: int) -> int:
 def plan_batch(cfg: DataSection, world: int) -> tuple[int, int]:
     """``(micro_batch_size, grad_accum)`` per process so that ``world * accum * micro == batch_size``."""
     if cfg.batch_size % world:
-        raise ValueError(f"data.batch_size {cfg.batch_size} does not split evenly over {world} processes")
+        raise InputError(f"data.batch_size {cfg.batch_size} does not split evenly over {world} processes")
     per_rank = cfg.batch_size // world
     micro = cfg.micro_batch_size or per_rank
     if per_rank % micro:
-        raise ValueError(f"data.micro_batch_size {micro} does not divide the {per_rank} sequences each of the "
+        raise InputError(f"data.micro_batch_size {micro} does not divide the {per_rank} sequences each of the "
                          f"{world} processes handles per step (data.batch_size {cfg.batch_size})")
     return micro, per_rank // micro

@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from workbench.errors import InputError
+
 
 @dataclass
 class Dist:
@@ -47,17 +49,17 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if req.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested} was asked for, but this torch build sees no CUDA GPU "
+            raise InputError(f"--device {requested} was asked for, but this torch build sees no CUDA GPU "
                              f"(torch {torch.__version__}); use --device cpu or auto")
         dev = torch.device(req)
         return torch.device("cuda", dev.index if dev.index is not None else local_rank)
     if req == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise ValueError("--device mps was asked for, but MPS is not available here; use --device cpu or auto")
+            raise InputError("--device mps was asked for, but MPS is not available here; use --device cpu or auto")
         return torch.device("mps")
     if req == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
+    raise InputError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
 def init_distributed(device_request: str) -> Dist:

@@ -16,10 +16,11 @@ from typing import Any, Optional
 
 import torch
 
+from workbench.errors import FileConflictError, InputError
 from workbench.model import PhiConfig, PhiModel
 
-from . import run_state as ckpt
 from . import distributed as dist_
+from . import run_state as ckpt
 from .config import TrainConfig
 from .data import Batches, TokenData, build_data, plan_batch
 from .metrics import MetricsLog
@@ -119,7 +120,7 @@ class Trainer:
         rd = self.run_dir
         if self.dist.is_main:
             if not resume and (rd / "metrics.jsonl").exists():
-                raise FileExistsError(f"{rd} already holds a run (metrics.jsonl); pass --resume to continue "
+                raise FileConflictError(f"{rd} already holds a run (metrics.jsonl); pass --resume to continue "
                                       "it, or choose a new --out folder")
             rd.mkdir(parents=True, exist_ok=True)
             (rd / "config.toml").write_text(self.cfg.to_toml())
@@ -134,7 +135,7 @@ class Trainer:
             return
         state = ckpt.load_trainer_state(folder)
         if state.get("world") not in (None, self.dist.world):
-            raise ValueError(f"{folder} was written by {state['world']} processes, this run has "
+            raise InputError(f"{folder} was written by {state['world']} processes, this run has "
                              f"{self.dist.world}: resume with the same number of processes")
         dist_.load_model_state(self.wrapped, ckpt.load_model_state(folder), self.dist, self.cfg.system.parallel)
         dist_.load_optimizer_state(self.wrapped, self.opt, state["optimizer"], self.dist, self.cfg.system.parallel)

@@ -37,23 +37,47 @@ def _register_all() -> None:
 
 _register_all()
 
-# Errors a user can fix: one line, no traceback (set WORKBENCH_DEBUG=1 to see it).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
-                                                KeyError, PermissionError, OSError)
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what job schedulers send), delivered like Ctrl-C so the same clean-up runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def is_user_error(e: BaseException) -> bool:
+    """A ``UserError``, or a hook name that matches no hook point (the hooks package knows no CLI)."""
+    from workbench.errors import UserError
+    names = sys.modules.get("workbench.hooks.names")   # never imported just to check: it imports torch
+    return isinstance(e, UserError) or (names is not None and isinstance(e, names.UnknownHookError))
 
 
 def main() -> None:
+    """Run the CLI: user errors are one line (exit 1); anything else is a bug and shows its traceback."""
+    import signal
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
-    except USER_ERRORS as e:
-        if os.environ.get("WORKBENCH_DEBUG"):
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # Commands that hold work in progress print how to resume before they get here.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C must not interrupt the exit
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
+        sys.exit(EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT)
+    except Exception as e:
+        if is_user_error(e) and not os.environ.get("WORKBENCH_DEBUG"):
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            print(f"error: {msg}", file=sys.stderr)
+            sys.exit(1)
+        import traceback
+        traceback.print_exc()
+        if not is_user_error(e):
+            print("error: the traceback above is a bug in the workbench, not a problem with your input; "
+                  "please report it with the command you ran", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

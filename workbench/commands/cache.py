@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from workbench.errors import DiskFullError, FileConflictError, InputError, MissingFileError
+
 
 def register(app: typer.Typer) -> None:
     @app.command(no_args_is_help=True)
@@ -50,20 +52,20 @@ def run_cache(model: str, input: Path, hooks: List[str], out: Path, batch_size: 
     out = Path(out)
     # Cheap checks first: nothing is loaded, and an existing OUT is never touched, until they pass.
     if resume and overwrite:
-        raise ValueError("pass --resume or --overwrite, not both")
+        raise InputError("pass --resume or --overwrite, not both")
     if out.exists() and not (resume or overwrite):
-        raise FileExistsError(f"{out} already exists; pass --resume to complete it or --overwrite to replace it")
+        raise FileConflictError(f"{out} already exists; pass --resume to complete it or --overwrite to replace it")
     if resume and not out.exists():
-        raise FileNotFoundError(f"--resume: {out} does not exist, so there is nothing to resume")
+        raise MissingFileError(f"--resume: {out} does not exist, so there is nothing to resume")
     if out.exists() and out.is_dir():
-        raise ValueError(f"--out {out} is a folder; pass a file name such as {out / 'acts.h5'}")
+        raise InputError(f"--out {out} is a folder; pass a file name such as {out / 'acts.h5'}")
     if not Path(input).is_file():
-        raise FileNotFoundError(f"input file not found: {input}")
+        raise MissingFileError(f"input file not found: {input}")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     comp = None if compression.lower() in ("none", "") else compression.lower()
     if comp not in (None, "gzip", "lzf"):
-        raise ValueError(f"--compression must be none, gzip or lzf, got {compression!r}")
+        raise InputError(f"--compression must be none, gzip or lzf, got {compression!r}")
 
     import datetime
     import time
@@ -84,10 +86,10 @@ def run_cache(model: str, input: Path, hooks: List[str], out: Path, batch_size: 
     source = RowSource(Path(input), seq_len, tokenizer=phi.tokenizer, pack=pack, text_field=text_field,
                        max_rows=max_rows, d_vocab=phi.cfg.d_vocab)
     if source.seq_len > phi.cfg.n_ctx:
-        raise ValueError(f"--seq-len {source.seq_len} exceeds the model's context of {phi.cfg.n_ctx} tokens")
+        raise InputError(f"--seq-len {source.seq_len} exceeds the model's context of {phi.cfg.n_ctx} tokens")
     total = source.count()
     if total == 0:
-        raise ValueError(f"{input} yields no rows of {source.seq_len} tokens; "
+        raise InputError(f"{input} yields no rows of {source.seq_len} tokens; "
                          "use a smaller --seq-len, --truncate, or a longer input")
     shapes = hook_shapes(phi, names, source.seq_len)
     spec = {n: (shapes[n], store_dtype) for n in names}
@@ -169,7 +171,7 @@ def _check_resume(out: Path, attrs: dict, spec: dict) -> int:
     from workbench.store import ActivationStore
     with ActivationStore.open(out) as s:
         if s.is_recording:
-            raise ValueError(f"--resume: {out} is a training recording, not a cache file")
+            raise InputError(f"--resume: {out} is a training recording, not a cache file")
         old = s.attrs
         problems = []
         def cfg(c: dict) -> dict:   # the name is just how the model was referred to
@@ -190,7 +192,7 @@ def _check_resume(out: Path, attrs: dict, spec: dict) -> int:
             problems.append("the input differs (" + ", ".join(
                 f"{k}: file {str(old_in.get(k))[:16]}, now {str(new_in.get(k))[:16]}" for k in diff) + ")")
         if problems:
-            raise ValueError(f"--resume refused for {out}: " + "; ".join(problems)
+            raise InputError(f"--resume refused for {out}: " + "; ".join(problems)
                              + ". Use the original command, or --overwrite to start again.")
         return len(s)
 
@@ -203,5 +205,5 @@ def _check_disk(out: Path, need: int, replacing: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free + (out.stat().st_size if replacing else 0)
     if need * 1.02 + (16 << 20) > free:
-        raise OSError(f"not enough disk space in {folder}: the file needs about {human_bytes(need)} "
+        raise DiskFullError(f"not enough disk space in {folder}: the file needs about {human_bytes(need)} "
                       f"but only {human_bytes(free)} is free; use --max-rows, fewer --hooks, or --dtype float16")

@@ -18,6 +18,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from workbench.errors import InputError, MissingFileError
+
 META_COLUMNS = {"source": "int64", "n_tokens": "int32"}
 _ENCODE_BATCH = 256   # documents per tokenizer call (the Rust tokenizer parallelises a batch)
 
@@ -48,28 +50,28 @@ class RowSource:
                  text_field: str = "text", max_rows: Optional[int] = None, d_vocab: Optional[int] = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"input file not found: {self.path}")
+            raise MissingFileError(f"input file not found: {self.path}")
         if self.path.stat().st_size == 0:
-            raise ValueError(f"input file {self.path} is empty")
+            raise InputError(f"input file {self.path} is empty")
         self.kind = input_kind(self.path)
         self.pack, self.text_field, self.max_rows, self.d_vocab = pack, text_field, max_rows, d_vocab
         self.tokenizer = tokenizer
         if self.kind == "npy":
             self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)
             if not np.issubdtype(self.array.dtype, np.integer):
-                raise ValueError(f"{self.path} holds {self.array.dtype} values; a .npy input must hold integer token ids")
+                raise InputError(f"{self.path} holds {self.array.dtype} values; a .npy input must hold integer token ids")
             if self.array.ndim not in (1, 2) or self.array.size == 0:
-                raise ValueError(f"{self.path} has shape {list(self.array.shape)}; expected [rows, seq_len] "
+                raise InputError(f"{self.path} has shape {list(self.array.shape)}; expected [rows, seq_len] "
                                  "or a 1-D token stream")
             if seq_len is None:
                 seq_len = self.array.shape[1] if self.array.ndim == 2 else 128
         else:
             if tokenizer is None:
-                raise ValueError("this checkpoint has no tokenizer.json, so text input cannot be tokenized; "
+                raise InputError("this checkpoint has no tokenizer.json, so text input cannot be tokenized; "
                                  "pass pre-tokenized ids as a .npy file")
             seq_len = 128 if seq_len is None else seq_len
         if seq_len < 1:
-            raise ValueError(f"--seq-len must be at least 1, got {seq_len}")
+            raise InputError(f"--seq-len must be at least 1, got {seq_len}")
         self.seq_len = int(seq_len)
         eos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
         self.sep_id = eos   # Phi's <|endoftext|> is both BOS and EOS
@@ -105,10 +107,10 @@ class RowSource:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.path} line {lineno} is not valid JSON ({e.msg})") from None
+            raise InputError(f"{self.path} line {lineno} is not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict) or self.text_field not in obj:
             fields = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{self.path} line {lineno} has no {self.text_field!r} field (it has {fields}); "
+            raise InputError(f"{self.path} line {lineno} has no {self.text_field!r} field (it has {fields}); "
                              "pass --text-field NAME")
         return str(obj[self.text_field])
 
@@ -172,7 +174,7 @@ class RowSource:
         bad = (row < 0) | (row >= self.d_vocab)
         if bad.any():
             tok = int(row[np.argmax(bad)])
-            raise ValueError(f"token id {tok} in row {index} of {self.path} is outside the model's vocabulary "
+            raise InputError(f"token id {tok} in row {index} of {self.path} is outside the model's vocabulary "
                              f"[0, {self.d_vocab}); was the input tokenized with another tokenizer?")
 
     def batches(self, batch_size: int, skip: int = 0) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:

@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 import torch
 
+from workbench.errors import DamagedFileError, InputError, MissingFileError
+
 from . import format as fmt
 from .recovery import read_superblock, writer_left_open
 
@@ -26,13 +28,13 @@ def open_h5(path: Union[str, Path], rdcc_nbytes: Optional[int] = None) -> h5py.F
     """Open a store read-only, whatever state its writer left it in; one clear error otherwise."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingFileError(f"no such file: {path}")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the .h5 file")
+        raise InputError(f"{path} is a folder; pass the .h5 file")
     try:
         sb = read_superblock(path)
     except ValueError:
-        raise ValueError(f"{path} is not an HDF5 file (no HDF5 signature at its start); "
+        raise DamagedFileError(f"{path} is not an HDF5 file (no HDF5 signature at its start); "
                          "pass a file written by `workbench cache`") from None
     kw: dict[str, Any] = {"locking": False}   # never block, or be blocked by, a live writer
     if rdcc_nbytes is not None:
@@ -41,7 +43,7 @@ def open_h5(path: Union[str, Path], rdcc_nbytes: Optional[int] = None) -> h5py.F
         # A set flag means a writer has it open (or died): only SWMR reads are allowed then.
         return h5py.File(path, "r", swmr=sb["version"] >= 3 and writer_left_open(path), **kw)
     except OSError as e:
-        raise ValueError(f"{path} cannot be read as HDF5 (truncated or damaged?): {e}") from None
+        raise DamagedFileError(f"{path} cannot be read as HDF5 (truncated or damaged?): {e}") from None
 
 
 class HookView:
@@ -202,11 +204,11 @@ class ActivationStore(_Rows):
     def _load(self) -> None:
         a = self.f.attrs
         if a.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:
-            raise ValueError(f"{self.path} is an HDF5 file but not a workbench activation store "
+            raise DamagedFileError(f"{self.path} is an HDF5 file but not a workbench activation store "
                              f"(no format={fmt.FORMAT_NAME!r} attribute)")
         version = int(a[fmt.A_VERSION])
         if version > fmt.FORMAT_VERSION:
-            raise ValueError(f"{self.path} uses store format version {version}; this workbench reads up to "
+            raise InputError(f"{self.path} uses store format version {version}; this workbench reads up to "
                              f"{fmt.FORMAT_VERSION}: upgrade the workbench")
         self.format_version = version
         self.mode = str(a[fmt.A_MODE])
@@ -238,7 +240,7 @@ class ActivationStore(_Rows):
         """The probe rows' activations recorded at ``step`` (same interface as the store)."""
         steps = self.steps
         if not self.is_recording:
-            raise ValueError(f"{self.path} is not a training recording; it has no steps")
+            raise InputError(f"{self.path} is not a training recording; it has no steps")
         if step not in steps:
             near = sorted(steps, key=lambda s: abs(s - step))[:3]
             raise KeyError(f"step {step} was not recorded in {self.path}; nearest recorded steps: {near}")
@@ -270,7 +272,7 @@ class ActivationStore(_Rows):
 
     def _need_rows(self, what: str) -> None:
         if self.is_recording:
-            raise ValueError(f"{self.path} is a training recording: pick a step first, "
+            raise InputError(f"{self.path} is a training recording: pick a step first, "
                              f"store.at_step(step).{what}(...) (steps: {self.steps[:5]}...)")
 
     def refresh(self) -> "ActivationStore":

@@ -27,6 +27,8 @@ import h5py
 import numpy as np
 import torch
 
+from workbench.errors import FileConflictError, InputError, MissingFileError
+
 from . import format as fmt
 from .recovery import clear_status_flags, read_superblock
 
@@ -77,9 +79,9 @@ class StoreWriter:
         if self.recording and probe_tokens is None and mode != "a":
             raise ValueError("steps=True needs probe_tokens=[rows, pos], the fixed rows recorded at every step")
         if mode in ("w-", "x") and self.path.exists():
-            raise FileExistsError(f"{self.path} already exists")
+            raise FileConflictError(f"{self.path} already exists")
         if mode == "a" and not self.path.exists():
-            raise FileNotFoundError(f"cannot resume {self.path}: it does not exist")
+            raise MissingFileError(f"cannot resume {self.path}: it does not exist")
         self.drop_steps_after = drop_steps_after
         self._lock_fd = self._lock()
         try:
@@ -112,7 +114,7 @@ class StoreWriter:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise OSError(f"{self.path} is being written by another process; wait for it or stop it") from None
+            raise FileConflictError(f"{self.path} is being written by another process; wait for it or stop it") from None
         return fd
 
     def _unlock(self) -> None:
@@ -181,17 +183,17 @@ class StoreWriter:
         f = h5py.File(self.path, "a", libver=LIBVER, **self._cache_kwargs())
         try:
             if f.attrs.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:
-                raise ValueError(f"cannot resume {self.path}: it is not a workbench activation store")
+                raise InputError(f"cannot resume {self.path}: it is not a workbench activation store")
             mode = f.attrs[fmt.A_MODE]
             if (mode == "steps") != self.recording:
-                raise ValueError(f"cannot resume {self.path}: it is a {mode} file, the writer was opened "
+                raise InputError(f"cannot resume {self.path}: it is a {mode} file, the writer was opened "
                                  f"with steps={self.recording}")
             if int(f.attrs[fmt.A_SEQ_LEN]) != self.seq_len:
-                raise ValueError(f"cannot resume {self.path}: its seq_len is {int(f.attrs[fmt.A_SEQ_LEN])}, "
+                raise InputError(f"cannot resume {self.path}: its seq_len is {int(f.attrs[fmt.A_SEQ_LEN])}, "
                                  f"not {self.seq_len}")
             have = fmt.hooks_from_json(f.attrs[fmt.A_HOOKS])
             if have != self.hooks:
-                raise ValueError(f"cannot resume {self.path}: its hooks differ: {_diff_hooks(have, self.hooks)}")
+                raise InputError(f"cannot resume {self.path}: its hooks differ: {_diff_hooks(have, self.hooks)}")
             # Anything past the last complete count is from a write the crash cut short: drop it.
             if self.recording:
                 n = int(f.attrs[fmt.A_STEPS])
@@ -206,7 +208,7 @@ class StoreWriter:
                     ds.resize(n, axis=0)
                 have_meta = set(f[fmt.META_GROUP]) if fmt.META_GROUP in f else set()
                 if have_meta != set(self.meta_dtypes):
-                    raise ValueError(f"cannot resume {self.path}: its metadata columns are {sorted(have_meta)}, "
+                    raise InputError(f"cannot resume {self.path}: its metadata columns are {sorted(have_meta)}, "
                                      f"not {sorted(self.meta_dtypes)}")
             f.flush()
             return f

@@ -1,0 +1,71 @@
+"""Helpers shared by the tests: tiny random HF Phi checkpoints, a tokenizer, running the CLI in-process.
+
+Test modules import from here (``from helpers import make_hf_phi``); conftest.py only
+defines fixtures, built on these.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TEXT = ("def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n"
+        "        self.x = x\n        self.y = y\n") * 20
+
+
+def make_hf_phi(d_model: int = 160, n_heads: int = 2, n_layers: int = 2, partial_rotary_factor: float = 0.4,
+                vocab: int = 512, d_mlp: int | None = None, n_ctx: int = 256, seed: int = 0):
+    """A random ``transformers.PhiForCausalLM`` in eval mode with randomised LayerNorms and biases."""
+    from transformers import PhiConfig, PhiForCausalLM
+    torch.manual_seed(seed)
+    cfg = PhiConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp or 4 * d_model,
+                    num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                    partial_rotary_factor=partial_rotary_factor, max_position_embeddings=n_ctx,
+                    bos_token_id=0, eos_token_id=0)
+    hf = PhiForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "layernorm" in name:
+                p.normal_(1.0, 0.1)
+    return hf
+
+
+def make_tokenizer(vocab: int = 512):
+    """A byte-level BPE trained on a little Python, so tests never download one."""
+    from workbench.model import Tokenizer
+    return Tokenizer.train_bpe([TEXT], vocab_size=vocab)
+
+
+def save_checkpoint(hf, folder: Path, with_tokenizer: bool = True, **save_kwargs) -> Path:
+    hf.save_pretrained(folder, **save_kwargs)
+    if with_tokenizer:
+        make_tokenizer(hf.config.vocab_size).save(folder / "tokenizer.json")
+    return folder
+
+
+def cli(capsys, *args):
+    """Run `workbench ARGS` in-process through workbench.cli.main: (exit code, stdout, stderr)."""
+    from workbench.cli import main
+    capsys.readouterr()   # drop output from before the command (e.g. transformers' save progress)
+    old = sys.argv
+    sys.argv = ["workbench", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return e.value.code or 0, out.out, out.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 1
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
