@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .html import CircuitsVisWidget, Figure, escape_token, rounded, str_tokens, to_numpy
+from .html import CircuitsVisWidget, Figure, escape_token, rounded, str_tokens, to_numpy, visible_token
 
 
 def _hex_to_rgb(color: str) -> tuple[int, int, int]:
@@ -103,7 +103,7 @@ def colored_tokens_multi(tokens: Sequence[Any], values: Any,
     """Tokens with several values each (circuitsvis ``ColoredTokensMulti``): choose which one colours them.
 
     Args:
-        tokens: ``pos`` str tokens (or ids).
+        tokens: ``pos`` str tokens (or ids); a newline shows as ``↵`` (circuitsvis would break the line).
         values: ``[pos, k]``, e.g. the logit-lens log-prob of the next token at each of ``k`` layers.
         labels: ``k`` names, e.g. ``["L0", "L1", ...]``.
     """
@@ -116,7 +116,7 @@ def colored_tokens_multi(tokens: Sequence[Any], values: Any,
     if labels is not None and len(labels) != vals.shape[1]:
         raise ValueError(f"{len(labels)} labels for {vals.shape[1]} value columns")
     return CircuitsVisWidget("ColoredTokensMulti", {
-        "tokens": [escape_token(t) for t in toks], "values": rounded(vals),
+        "tokens": [escape_token(visible_token(t)) for t in toks], "values": rounded(vals),
         # labels are React text nodes (escaped by React), unlike the tokens
         "labels": [str(l) for l in labels] if labels is not None else [f"value {i}" for i in range(vals.shape[1])]})
 
