@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ executes top to bottom on the venv's ``python3`` kernel without an error, and prints what its prose claims.
+"""Every notebook in notebooks/ executes top to bottom on the venv's ``python3`` kernel without an error,
+and prints what its prose claims.
 
 Notebooks are stored without outputs (a circuitsvis figure carries a 1.3 MB script); the test
 executes a copy in memory and never writes the file back.
