@@ -225,8 +225,8 @@ def test_layer_pattern_from_a_store_row_and_a_recorded_step(tiny_model, tmp_path
         assert toks == tiny_model.to_str_tokens(ids[0])
         assert viz.layer_pattern(rec.at_step(0), 1)[1] == ids[0].tolist()     # no tokenizer anywhere: ids
         fig = viz.layer_attention(rec, 1, step=0)
-        assert fig.component == "AttentionHeads" and fig.title == "layer 1 attention, row 0, at training step 0"
-        assert "layer 1 attention, row 0, at training step 0</div>" in fig.fragment()
+        assert fig.component == "AttentionHeads" and fig.title == "layer 1 attention, at training step 0"
+        assert "layer 1 attention, at training step 0</div>" in fig.fragment()
         assert viz.layer_attention(rec.at_step(5), 1, row=1).title == "layer 1 attention, row 1, at training step 5"
         with pytest.raises(ValueError, match=r"recorded steps: \[0, 5\]"):
             viz.layer_pattern(rec, 1)

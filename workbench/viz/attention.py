@@ -197,8 +197,8 @@ def layer_attention(source: Any, layer: int, tokens: Any = None, row: int = 0, t
     """``attention_heads`` (``view="heads"``) or ``attention_patterns`` (``"patterns"``) for one layer of ``source``.
 
     ``source`` is a model, a cache or a store, as in ``layer_pattern``. The figure's heading says the
-    layer and, from a store, the row and the training step (``title`` replaces it). ``kwargs`` go to
-    ``attention_heads`` (e.g. ``focus=3``) or ``attention_patterns``.
+    layer, the row (when not the first) and, from a recording, the training step (``title`` replaces
+    it). ``kwargs`` go to ``attention_heads`` (e.g. ``focus=3``) or ``attention_patterns``.
     """
     if view not in ("heads", "patterns"):
         raise ValueError(f"view must be 'heads' or 'patterns', got {view!r}")
@@ -211,13 +211,8 @@ def layer_attention(source: Any, layer: int, tokens: Any = None, row: int = 0, t
 
 
 def _figure_title(source: Any, layer: int, row: int, step: Optional[int]) -> str:
-    """``"layer 1 attention, row 0, at training step 350"``; the step of a recording or a step view."""
+    """``"layer 1 attention, row 2, at training step 350"`` (the row when not the first; the step of a
+    recording, or of a step view ``store.at_step(s)``)."""
     step = step if step is not None else getattr(source, "step", None)
-    from_store = hasattr(source, "hooks") and not hasattr(source, "run_with_cache") \
-        and not callable(getattr(source, "remove_batch_dim", None)) and not isinstance(source, dict)
-    title = f"layer {layer} attention"
-    if from_store:
-        title += f", row {row}"
-    if step is not None:
-        title += f", at training step {step}"
-    return title
+    return (f"layer {layer} attention" + (f", row {row}" if row else "")
+            + (f", at training step {step}" if step is not None else ""))
