@@ -16,7 +16,9 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
+from ..model import PhiModel
 from ..run_files import is_run_folder
+from ..store import ActivationStore
 from .attention import (attention_entropy, duplicate_token_score, first_token_score, induction_score,
                         previous_token_score)
 from .probe_task import ProbeTask
@@ -146,8 +148,6 @@ def _task_from_arguments(task: Optional[ProbeTask], period: Optional[int], offse
 
 def _open_path(path: Union[str, Path]) -> tuple[Any, Optional[ProbeTask]]:
     """A model (from a run folder or a checkpoint folder) or a store (an ``.h5`` file), and the run's task."""
-    from ..model import PhiModel
-    from ..store import ActivationStore
     path = Path(path)
     if path.is_file():
         return ActivationStore.open(path), None
@@ -240,7 +240,6 @@ def scores_across_steps(store, period: Optional[int] = None, offset: Optional[in
     ``rows`` defaults to its repeated rows.
     """
     if isinstance(store, (str, Path)):
-        from ..store import ActivationStore
         path = Path(store) / "activations.h5" if Path(store).is_dir() else Path(store)
         with ActivationStore.open(path) as opened:
             return scores_across_steps(opened, period, offset, rows, layers, thresholds, task, verbose)

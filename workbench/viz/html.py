@@ -24,7 +24,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+import circuitsvis
 import numpy as np
+import torch
 
 _MODES = ("always", "once")
 _state = {"inline_bundle": "always", "bundle_shown": False}
@@ -53,7 +55,6 @@ def circuitsvis_bundle() -> str:
     so it becomes ``<\\/script`` (the same string to JavaScript); the source-map
     comment is dropped so nothing asks for ``iife.js.map``.
     """
-    import circuitsvis
     path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
     if not path.is_file():
         raise FileNotFoundError(f"the circuitsvis wheel has no browser bundle at {path}; "
@@ -113,12 +114,8 @@ def script_json(value: Any) -> str:
 
 def to_numpy(values: Any, name: str) -> np.ndarray:
     """A float64 array from a tensor, array or nested list; non-finite values are an error."""
-    try:
-        import torch
-        if isinstance(values, torch.Tensor):
-            values = values.detach().to("cpu", dtype=torch.float64).numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", dtype=torch.float64).numpy()
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as e:

@@ -11,6 +11,7 @@ import html
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from .html import CircuitsVisWidget, Figure, escape_token, rounded, str_tokens, to_numpy, visible_token
 
@@ -134,7 +135,6 @@ def logit_lens_tokens(lens_logits: Any, tokens: Any, str_toks: Optional[Sequence
     Each token from the second on is coloured by the log-probability (nats) that each entry gave it
     at the position before: ``[pos - 1, n_entries]`` values.
     """
-    import torch
     logits = torch.as_tensor(lens_logits)
     ids = torch.as_tensor(tokens)
     if logits.ndim == 4:
