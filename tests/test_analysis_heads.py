@@ -12,7 +12,7 @@ import torch
 from helpers import (UNIFORM_INDUCTION, ideal_induction, make_hf_phi, save_checkpoint, uniform_attention,
                      write_recording)
 from workbench.analysis.heads import (HeadTable, detect_heads, get_patterns, head_scores, scores_across_steps,
-                                      scores_table)
+                                      scores_table, when_formed)
 from workbench.analysis.probe_task import ProbeTask
 from workbench.tasks import repeated_random_tokens
 
@@ -162,3 +162,18 @@ def test_scores_across_training_steps(tmp_path):
     ind = df[df["head_index"] == 0].set_index("step")["induction"]
     assert ind[0] == pytest.approx(UNIFORM_INDUCTION) and ind[100] == pytest.approx(1.0)
     assert df[(df["step"] == 100) & (df["head_index"] == 0)]["label"].item() == "induction"
+
+
+def test_when_the_head_formed(tmp_path):
+    period, n = 5, 11
+    half = 0.5 * ideal_induction(3, period, 1) + 0.5 * uniform_attention(3, 2, n)   # head 0 halfway there
+    write_recording(tmp_path / "rec.h5", {0: uniform_attention(3, 2, n), 50: half, 100: ideal_induction(3, period, 1)},
+                    n_rep=3, period=period)
+    table = scores_across_steps(tmp_path / "rec.h5")
+    formed = when_formed(table)
+    assert formed == {"name": "L0.H0", "layer": 0, "head_index": 0, "score": pytest.approx(1.0), "step": 100,
+                      "formed_at": 50, "threshold": 0.3}                   # 0.5 + 0.5 * 0.114 passes 0.3 at step 50
+    assert when_formed(table, threshold=0.9)["formed_at"] == 100
+    assert when_formed(table[table["step"] == 0])["formed_at"] is None
+    with pytest.raises(ValueError, match="scores_across_steps table"):
+        when_formed(table.drop(columns="step"))

@@ -261,3 +261,25 @@ def scores_across_steps(store, period: Optional[int] = None, offset: Optional[in
     if verbose:
         print(table.attrs["note"])
     return table
+
+
+def when_formed(table: pd.DataFrame, score: str = "induction", threshold: Optional[float] = None) -> dict[str, Any]:
+    """When the head that ends highest on ``score`` got there, from a ``scores_across_steps`` table.
+
+    Returns ``{"name", "layer", "head_index", "score", "step", "formed_at", "threshold"}``: the head
+    with the highest ``score`` at the last recorded ``step``, that score, and the first recorded step
+    at which the same head reached ``threshold`` (default ``DEFAULT_THRESHOLDS[score]``; ``formed_at``
+    is ``None`` if it never did).
+    """
+    missing = [c for c in ("step", "layer", HEAD_COLUMN, score) if c not in table.columns]
+    if missing:
+        raise InputError(f"when_formed needs a scores_across_steps table; this one lacks {missing}")
+    threshold = DEFAULT_THRESHOLDS.get(score, 0.5) if threshold is None else threshold
+    last = int(table["step"].max())
+    final = table[table["step"] == last]
+    best = final.loc[final[score].idxmax()]
+    layer, head = int(best["layer"]), int(best[HEAD_COLUMN])
+    curve = table[(table["layer"] == layer) & (table[HEAD_COLUMN] == head)]
+    passed = curve[curve[score] >= threshold]["step"]
+    return {"name": head_name(layer, head), "layer": layer, "head_index": head, "score": float(best[score]),
+            "step": last, "formed_at": int(passed.min()) if len(passed) else None, "threshold": threshold}
