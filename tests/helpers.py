@@ -69,3 +69,40 @@ def assert_one_line_error(code, err, *needles):
     assert "Traceback" not in err
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+# -- attention patterns whose head scores are known exactly, and a training recording of them ----------
+def ideal_induction(batch, period, offset, heads=2, n_repeats=2):
+    """Head 0 attends to ``q - period + 1`` in the later repeats (else to position 0); head 1 to ``q - 1``."""
+    n = offset + n_repeats * period
+    pat = torch.zeros(batch, heads, n, n)
+    for q in range(n):
+        pat[:, 0, q, q - period + 1 if q >= offset + period else 0] = 1.0  # head 0: induction
+        pat[:, 1, q, max(q - 1, 0)] = 1.0                                  # head 1: previous token
+    return pat
+
+
+UNIFORM_INDUCTION = sum(1 / (q + 1) for q in range(6, 11)) / 5   # period 5 after a BOS: queries 6..10
+
+
+def uniform_attention(batch, heads, n):
+    causal = torch.ones(batch, heads, n, n).tril()
+    return causal / causal.sum(-1, keepdim=True)
+
+
+def write_recording(path, patterns_by_step, n_rep, period, extra_attrs=None):
+    """A training recording of layer-0 patterns ``{step: [rows, head, pos, pos]}``: ``n_rep`` repeated rows
+    (period ``period`` over ids [0, 64) after a BOS), then validation-text rows, with the trainer's attributes."""
+    from workbench.store import StoreWriter
+    from workbench.tasks import repeated_random_tokens
+    first = next(iter(patterns_by_step.values()))
+    n_rows, heads, n = first.shape[0], first.shape[1], first.shape[-1]
+    tokens = torch.cat([repeated_random_tokens(n_rep, period, vocab_size=64, bos_token_id=0),
+                        torch.randint(1, 64, (n_rows - n_rep, n), generator=torch.Generator().manual_seed(0))])
+    attrs = {"probe_period": period, "probe_offset": 1, "probe_repeated_rows": n_rep, "probe_repeats": 2,
+             "train_config": {"data": {"synthetic_vocab_size": 64}}, **(extra_attrs or {})}
+    hook = "blocks.0.attn.hook_pattern"
+    with StoreWriter(path, hooks={hook: ((heads, n, n), torch.float32)}, seq_len=n, steps=True,
+                     probe_tokens=tokens, attrs=attrs) as w:
+        for step, pats in patterns_by_step.items():
+            w.append_step(step, {hook: pats})

@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ executes top to bottom on the venv's ``python3`` kernel without an error.
+"""Every notebook in notebooks/ executes top to bottom on the venv's ``python3`` kernel without an error,
+and prints what its prose claims.
 
 Notebooks are stored without outputs (a circuitsvis figure carries a 1.3 MB script); the test
 executes a copy in memory and never writes the file back.
@@ -14,6 +15,16 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+# What a notebook's prose says it shows, checked against what its cells printed, so that a notebook
+# whose science breaks fails here rather than misleading a reader.
+PRINTED = {
+    "03_training_recording": [
+        r"induction head: L1\.H\d, score (0\.[3-9]\d|1\.00) at step \d+ \(first above 0\.3 at recorded step \d+\)",
+        r"head scores on repeated random tokens \(period 11, 2 repeats, ids \[0, 64\), after a BOS, the first 8 rows\) "
+        r"from \S+config\.toml",
+    ],
+}
 
 
 def test_there_are_notebooks():
@@ -45,3 +56,7 @@ def test_notebook_executes(path, tmp_path):
     assert html, f"{path.name} shows no figure"
     for h in html:   # every figure renders offline
         assert "unpkg.com" not in h and not re.search(r"<script[^>]*\bsrc\s*=", h)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                      if o.get("output_type") == "stream")
+    for pattern in PRINTED.get(path.stem, []):
+        assert re.search(pattern, printed), f"{path.name} did not print {pattern!r}; it printed:\n{printed[-3000:]}"

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
 from workbench import viz
+from workbench.errors import DamagedFileError
 from workbench.viz.html import ZWSP, circuitsvis_bundle
 
 NASTY = ["<script>alert(1)</script>", "</div>", "&amp;", "<img src=x onerror=alert(2)>", " a", "->"]
@@ -92,10 +95,13 @@ def test_tokens_reach_circuitsvis_inert_but_readable():
                     viz.colored_tokens_multi(NASTY, torch.randn(6, 1))).to_html()
     for raw in ("<script>alert(1)</script>", "<img src=x"):  # "</div>" is checked in the props below
         assert raw not in html
-    for props in widget_props(html):
+    heads, multi = widget_props(html)
+    for props in (heads, multi):
         for tok in props["tokens"]:
             assert_inert(tok)
-        assert [t.replace(ZWSP, "") for t in props["tokens"]] == NASTY  # shown exactly as the tokens read
+    assert [t.replace(ZWSP, "") for t in multi["tokens"]] == NASTY  # shown exactly as the tokens read
+    # heatmap labels lose their whitespace in circuitsvis, so spaces are drawn as "·"
+    assert [t.replace(ZWSP, "") for t in heads["tokens"]] == [t.replace(" ", "\u00b7") for t in NASTY]
     # head names are React text (escaped by React); only the JSON must not close the <script>
     assert widget_props(html)[0]["attentionHeadNames"][0] == "</script><b>x"
 
@@ -121,7 +127,7 @@ def test_attention_accepts_batched_and_unbatched_patterns():
     assert a["attention"] == b["attention"]
     assert np.allclose(a["attention"], p[1].numpy(), atol=1e-4)
     assert a["attentionHeadNames"] == ["H0", "H1", "H2"]
-    assert widget_props(viz.attention_heads(p, NASTY, layer=4).fragment())[0]["attentionHeadNames"][2] == "L4H2"
+    assert widget_props(viz.attention_heads(p, NASTY, layer=4).fragment())[0]["attentionHeadNames"][2] == "L4.H2"
 
 
 @pytest.mark.parametrize("pattern, tokens, match", [
@@ -218,7 +224,10 @@ def test_layer_pattern_from_a_store_row_and_a_recorded_step(tiny_model, tmp_path
         torch.testing.assert_close(p, cache[hook][0])
         assert toks == tiny_model.to_str_tokens(ids[0])
         assert viz.layer_pattern(rec.at_step(0), 1)[1] == ids[0].tolist()     # no tokenizer anywhere: ids
-        assert viz.layer_attention(rec, 1, step=0).component == "AttentionHeads"
+        fig = viz.layer_attention(rec, 1, step=0)
+        assert fig.component == "AttentionHeads" and fig.title == "layer 1 attention, at training step 0"
+        assert "layer 1 attention, at training step 0</div>" in fig.fragment()
+        assert viz.layer_attention(rec.at_step(5), 1, row=1).title == "layer 1 attention, row 1, at training step 5"
         with pytest.raises(ValueError, match=r"recorded steps: \[0, 5\]"):
             viz.layer_pattern(rec, 1)
 
@@ -267,10 +276,12 @@ def test_metrics_chart_from_a_run_folder(tmp_path):
     assert fig.series["val_loss"][0].tolist() == [4, 9] and fig.series["val_loss"][1].tolist() == [4.8, 4.2]
     with pytest.raises(KeyError, match="keys there"):
         viz.metrics_chart(tmp_path, keys=("accuracy",))
-    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1}\n{"step": 1, "lo')
-    with pytest.raises(ValueError, match="metrics.jsonl:2 is not JSON"):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1}\n{"step": 1, "lo')  # a killed run's last line
+    assert viz.metrics_chart(tmp_path).series["loss"][1].tolist() == [1.0]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1}\n{"step": 1, "lo\n{"step": 2, "loss": 0.5}\n')
+    with pytest.raises(DamagedFileError, match="metrics.jsonl:2 is not JSON"):
         viz.metrics_chart(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no metrics file"):
         viz.metrics_chart(tmp_path / "nope")
 
 
@@ -280,9 +291,13 @@ def test_head_scores_chart_best_and_top_heads():
     scores[:, 1, 2] = torch.tensor([0.0, 0.5, 0.9])     # the head that forms
     scores[:, 0, 1] = torch.tensor([0.3, 0.2, 0.1])     # best early, fades
     fig = viz.head_scores_chart(steps, scores, top=2)
-    assert list(fig.series) == ["best head", "L1H2", "L0H1"]
+    assert list(fig.series) == ["best head", "L1.H2", "L0.H1"]
     assert np.allclose(fig.series["best head"][1], [0.3, 0.5, 0.9])
-    assert fig.series["L1H2"][0].tolist() == steps
+    assert fig.series["L1.H2"][0].tolist() == steps
+    assert (fig.width, fig.height, fig.y_range) == (880, 440, (0.0, 1.0))   # scores are probabilities: 0..1
+    svg = fig.svg()
+    assert svg.count('stroke-dasharray="6 4"') == 2                         # "best head": its line and legend
+    assert svg.index('stroke-dasharray="6 4" points=') > svg.index("<title>L0.H1</title>")   # drawn on top
     with pytest.raises(ValueError, match="n_steps = 2"):
         viz.head_scores_chart([0, 1], scores)
 
@@ -332,13 +347,77 @@ def test_widget_says_what_to_do_where_scripts_do_not_run():
 
 def test_head_scores_chart_from_a_scores_table():
     import pandas as pd   # used by workbench.analysis.heads tables
-    rows = [{"step": s, "layer": l, "head": h, "induction": (0.9 if (l, h) == (1, 0) else 0.1) * s / 10}
+    rows = [{"step": s, "layer": l, "head_index": h, "induction": (0.9 if (l, h) == (1, 0) else 0.1) * s / 10}
             for s in (0, 5, 10) for l in range(2) for h in range(2)]
     fig = viz.head_scores_chart(pd.DataFrame(rows), top=1)
-    assert list(fig.series) == ["best head", "L1H0"] and fig.series["L1H0"][0].tolist() == [0, 5, 10]
+    assert list(fig.series) == ["best head", "L1.H0"] and fig.series["L1.H0"][0].tolist() == [0, 5, 10]
+    old = pd.DataFrame(rows).rename(columns={"head_index": "head"})      # a table from before the rename
+    assert viz.head_scores_chart(old, top=1).series["L1.H0"][1].tolist() == fig.series["L1.H0"][1].tolist()
+    only_layer_1 = pd.DataFrame([r for r in rows if r["layer"] == 1])
+    assert list(viz.head_scores_chart(only_layer_1, top=1).series) == ["best head", "L1.H0"]  # named by layer
     assert np.allclose(fig.series["best head"][1], [0.0, 0.45, 0.9])
     assert fig.title == "induction score per step"
     with pytest.raises(KeyError, match="lacks columns"):
         viz.head_scores_chart(pd.DataFrame(rows), score="sink")
     with pytest.raises(ValueError, match="every \\(step, layer, head\\) once"):
         viz.head_scores_chart(pd.DataFrame(rows[:-1]))
+
+
+# -- what a figure says: whitespace, the enlarged head, headings and captions ---------------------
+WHITESPACE = ["<|bos|>", "def", " add", "\n", "    ", " a b", "\t", "x"]
+
+
+def test_whitespace_tokens_get_visible_labels():
+    p = causal_pattern(pos=len(WHITESPACE))
+    heads = widget_props(viz.attention_heads(p, WHITESPACE).fragment())[0]["tokens"]
+    assert heads == ["<\u200b|bos|>", "def", "\u00b7add", "\u21b5", "\u00b7" * 4, "\u00b7a\u00b7b", "\u21e5", "x"]
+    text = widget_props(viz.attention_patterns(p, WHITESPACE).fragment())[0]["tokens"]
+    assert text[2:6] == [" add", "\u21b5", "    ", " a b"]          # running text keeps its spaces
+    assert viz.visible_token("a\r\n") == "a\u240d\u21b5"
+    multi = widget_props(viz.colored_tokens_multi(WHITESPACE, torch.rand(8, 1)).fragment())[0]["tokens"]
+    assert multi[3] == "\u21b5"
+
+
+def test_attention_heads_enlarges_the_chosen_or_the_sharpest_head():
+    n = 8
+    p = torch.ones(3, n, n).tril()
+    p = p / p.sum(-1, keepdim=True)                                  # heads 0 and 2: uniform
+    p[1] = torch.eye(n).roll(-1, dims=1).tril()                      # head 1: previous token
+    p[1, 0, 0] = 1.0
+    assert viz.sharpest_head(p.numpy()) == 1
+    frag = viz.attention_heads(p, list("abcdefgh"), layer=2).fragment()
+    assert "focus(1, 0);" in frag
+    assert "focus(2, 0);" in viz.attention_heads(p, list("abcdefgh"), focus=2).fragment()
+    assert "focus(" not in viz.attention_heads(p, list("abcdefgh"), focus=0).fragment().split("function draw")[1]
+    with pytest.raises(IndexError, match="focus=3 is not a head"):
+        viz.attention_heads(p, list("abcdefgh"), focus=3)
+
+
+def test_page_takes_headings_and_captions():
+    chart = viz.line_chart({"loss": [3.0, 2.0]})
+    page = viz.Page("# Induction <forming>", chart, "The best head's score per step & more.",
+                    viz.Heading("Patterns", level=3), viz.Caption("row 0"),
+                    viz.attention_heads(causal_pattern(), NASTY, title="layer 1 <at> step 5"))
+    html = page.to_html()
+    assert "<h1>Induction &lt;forming&gt;</h1>" in html and "<h3>Patterns</h3>" in html
+    assert "The best head&#x27;s score per step &amp; more.</p>" in html and "row 0</p>" in html
+    assert "layer 1 &lt;at&gt; step 5</div>" in html
+    body = page.fragment()                                       # the bundle itself holds "<svg" strings
+    assert body.index("<h1>") < body.index("<svg") < body.index("score per step") < body.index("<h3>")
+    assert_offline(html)
+    with pytest.raises(TypeError, match="figures and strings"):
+        viz.Page(chart, 3)
+    with pytest.raises(ValueError, match="level is 1 to 6"):
+        viz.Heading("x", level=7)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium (Debian package chromium)")
+def test_a_browser_opens_the_page_on_the_chosen_head(tmp_path):
+    """The enlarged head is set by a click in the page's script: check it in a real browser."""
+    p = causal_pattern(heads=4, pos=6)
+    viz.attention_heads(p, NASTY, layer=1, focus=2, title="layer 1").save(tmp_path / "heads.html")
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", (tmp_path / "heads.html").as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=240).stdout
+    assert "L1.H2<!-- --> Zoomed" in dom or "L1.H2 Zoomed" in dom, dom[-2000:]

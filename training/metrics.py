@@ -1,10 +1,18 @@
-"""``metrics.jsonl``: one JSON object per logged step, appended and flushed line by line."""
+"""``metrics.jsonl``: one JSON object per logged step, appended and flushed line by line.
+
+The trainer writes it here (``MetricsLog``); reading it back is ``workbench.run_files.read_metrics``
+(re-exported here), the one reader that analysis, figures and reports share.
+"""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 from typing import Any, Optional
+
+from workbench.run_files import parse_metrics_lines, read_metrics
+
+__all__ = ["MetricsLog", "read_metrics"]
 
 
 class MetricsLog:
@@ -18,23 +26,17 @@ class MetricsLog:
         """Keep only complete lines with ``step <= step`` (a half-written last line is dropped too)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("step", 0) <= step:
-                kept.append(line)
+        rows = parse_metrics_lines(self.path.read_text(encoding="utf-8"), str(self.path))
+        kept = [json.dumps(row) + "\n" for row in rows if row.get("step", 0) <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(kept), encoding="utf-8")
         os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled or not row:
             return
         if self._fh is None:
-            self._fh = self.path.open("a")
+            self._fh = self.path.open("a", encoding="utf-8")
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
 
@@ -42,14 +44,3 @@ class MetricsLog:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every complete line of a ``metrics.jsonl``."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return rows

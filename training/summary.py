@@ -5,41 +5,28 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .metrics import read_metrics
+from workbench.analysis.heads import scores_across_steps
+from workbench.analysis.probe_task import ProbeTask
+from workbench.run_files import read_metrics
+from workbench.store import ActivationStore
 
 
 def induction_curve(path: Path) -> list[dict[str, Any]]:
     """``[{step, score, layer, head}]``: the best head's induction score at each recorded step.
 
-    Needs a recording with ``blocks.{i}.attn.hook_pattern`` and repeated-sequence
-    probe rows (``probe_repeated_rows`` > 0); returns ``[]`` otherwise. The score
-    is ``workbench.analysis.attention.induction_score`` averaged over those rows.
+    The scores are ``workbench.analysis.heads.scores_across_steps`` on the recording, with the
+    run's own probe task (``ProbeTask.from_recording``: its period, offset and repeated rows).
+    Returns ``[]`` when the recording holds no attention patterns or no repeated-sequence rows.
     """
-    import re
-
-    from workbench.analysis.attention import induction_score
-    from workbench.store import ActivationStore
-    s = ActivationStore.open(path)
-    attrs = s.attrs
-    rows = int(attrs.get("probe_repeated_rows", 0) or 0)
-    period = attrs.get("probe_period")
-    layers = sorted((int(m.group(1)), n) for n in s.hooks
-                    if (m := re.fullmatch(r"blocks\.(\d+)\.attn\.hook_pattern", n)))
-    if not rows or not period or not layers:
-        return []
-    curve = []
-    for step in s.steps:
-        view = s.at_step(step)
-        best = (-1.0, -1, -1)
-        for layer, name in layers:
-            pattern = view[name][:rows].float()                   # [rows, head, q, k]
-            scores = induction_score(pattern, int(period), offset=int(attrs.get("probe_offset", 1)))
-            scores = scores.mean(0) if scores.ndim > 1 else scores  # [head]
-            h = int(scores.argmax())
-            if float(scores[h]) > best[0]:
-                best = (float(scores[h]), layer, h)
-        curve.append({"step": int(step), "score": round(best[0], 4), "layer": best[1], "head": best[2]})
-    return curve
+    with ActivationStore.open(path) as store:
+        task = ProbeTask.from_recording(store.attrs)
+        has_patterns = any(n.endswith("attn.hook_pattern") for n in store.hooks)
+        if task is None or not task.rows or not has_patterns or not store.steps:
+            return []
+        table = scores_across_steps(store, task=task)
+    best = table.loc[table.groupby("step")["induction"].idxmax()]
+    return [{"step": int(r.step), "score": round(float(r.induction), 4), "layer": int(r.layer),
+             "head": int(r.head_index)} for r in best.itertuples()]
 
 
 def loss_summary(run_dir: Path) -> dict[str, Any]:

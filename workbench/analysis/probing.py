@@ -146,6 +146,8 @@ def train_probes(source, hooks: Union[str, Sequence[str]], labels, kind: str = "
     """
     if kind not in ("logistic", "linear"):
         raise ValueError(f"kind must be 'logistic' or 'linear', got {kind!r}")
+    if control and kind != "logistic":
+        raise ValueError("control tasks are defined for classification probes (kind='logistic')")
     hooks = [hooks] if isinstance(hooks, str) else list(hooks)
     check_hooks(source, hooks)
     n_rows = len(source)
@@ -153,77 +155,111 @@ def train_probes(source, hooks: Union[str, Sequence[str]], labels, kind: str = "
     is_val = split_rows(n_rows, val_fraction, seed) if val_mask is None else val_mask.bool()
     if is_val.shape != (n_rows,):
         raise ValueError(f"val_mask must be [rows] = [{n_rows}], got {tuple(is_val.shape)}")
-    if control and kind != "logistic":
-        raise ValueError("control tasks are defined for classification probes (kind='logistic')")
-
-    # Pass 1: feature mean/std over training tokens (standardised probes train well with one lr).
-    stats: dict[str, list] = {}
-    vocab = 0
-    for rows, tokens, acts in _stream(source, hooks, batch_size, None):
-        vocab = max(vocab, int(tokens.max()) + 1)
-        for h in hooks:
-            x, _, _ = batch_features(acts[h], y_all[rows], tokens, ~is_val[rows], pos, kind)
-            x = x.double()
-            s = stats.setdefault(h, [0, 0.0, 0.0])
-            s[0] += x.shape[0]
-            s[1] = s[1] + x.sum(0)
-            s[2] = s[2] + (x * x).sum(0)
-    if not stats or stats[hooks[0]][0] == 0:
-        raise ValueError("no labelled training tokens: check labels (negative/NaN ones are ignored) and pos")
-    if kind == "logistic":
-        n_out = n_classes or int(y_all[y_all >= 0].max()) + 1
-    else:
-        n_out = 1
-    ctrl_map = control_labels(vocab, y_all, seed) if control else None
-    y_mean, y_std = 0.0, 1.0
-    if kind == "linear":  # standardise the target too, so one lr suits any target scale
-        y_train = y_all[~is_val]
-        y_train = y_train[~torch.isnan(y_train)].double()
-        y_mean, y_std = float(y_train.mean()), float(y_train.std().clamp_min(1e-6))
-
-    def make(h: str) -> Probe:
-        n, s1, s2 = stats[h]
-        mean = s1 / n
-        std = (s2 / n - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
-        return Probe(mean.shape[0], n_out, mean.float(), std.float(), y_mean, y_std).to(device)
-
-    probes = {h: make(h) for h in hooks}
-    cprobes = {h: make(h) for h in hooks} if control else {}
-    params = [p for m in list(probes.values()) + list(cprobes.values()) for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss() if kind == "logistic" else nn.MSELoss()
-    history: dict[str, list] = {h: [] for h in hooks}
-
-    for epoch in range(epochs):  # Pass 2..: stream the rows, one Adam step per batch for every probe
-        sums = {h: [0.0, 0] for h in hooks}
-        for rows, tokens, acts in _stream(source, hooks, batch_size, seed + 1000 + epoch):
-            opt.zero_grad(set_to_none=True)
-            total = None
-            for h in hooks:
-                x, y, t = batch_features(acts[h], y_all[rows], tokens, ~is_val[rows], pos, kind)
-                if x.shape[0] == 0:
-                    continue
-                x = x.to(device)
-                y = y.to(device)
-                out = probes[h](x, raw=True)
-                loss = loss_fn(out, y) if kind == "logistic" else loss_fn(out[:, 0], (y - y_mean) / y_std)
-                sums[h][0] += float(loss.detach()) * x.shape[0]
-                sums[h][1] += x.shape[0]
-                if control:
-                    loss = loss + loss_fn(cprobes[h](x), ctrl_map[t].to(device))
-                total = loss if total is None else total + loss
-            if total is not None:
-                total.backward()
-                opt.step()
-        for h in hooks:
-            history[h].append(sums[h][0] / max(1, sums[h][1]))
-
-    metrics = evaluate_probes(source, probes, y_all, is_val, kind, pos, batch_size, n_out, device)
-    cmetrics = (evaluate_probes(source, cprobes, y_all, is_val, kind, pos, batch_size, n_out, device,
-                                ctrl_map=ctrl_map) if control else {})
-    return {h: ProbeResult(h, kind, probes[h], metrics[h]["train"], metrics[h]["val"],
-                           cprobes.get(h), cmetrics[h]["val"] if control else None, history[h])
+    task = _ProbeTraining(source, hooks, y_all, is_val, kind, pos, batch_size, device)
+    stats, vocab = task.feature_stats()                                  # pass 1
+    task.set_up(stats, vocab, n_classes, control, seed, lr, weight_decay)
+    history = task.fit(epochs, seed)                                     # passes 2..
+    metrics = evaluate_probes(source, task.probes, y_all, is_val, kind, pos, batch_size, task.n_out, device)
+    cmetrics = (evaluate_probes(source, task.cprobes, y_all, is_val, kind, pos, batch_size, task.n_out, device,
+                                ctrl_map=task.ctrl_map) if control else {})
+    return {h: ProbeResult(h, kind, task.probes[h], metrics[h]["train"], metrics[h]["val"],
+                           task.cprobes.get(h), cmetrics[h]["val"] if control else None, history[h])
             for h in hooks}
+
+
+class _ProbeTraining:
+    """The state of one ``train_probes`` call: the data it streams, the probes, the optimiser."""
+
+    def __init__(self, source, hooks: list[str], y_all: torch.Tensor, is_val: torch.Tensor, kind: str,
+                 pos: Optional[int], batch_size: int, device: Union[str, torch.device]) -> None:
+        self.source, self.hooks, self.y_all, self.is_val = source, hooks, y_all, is_val
+        self.kind, self.pos, self.batch_size, self.device = kind, pos, batch_size, device
+        self.probes: dict[str, Probe] = {}
+        self.cprobes: dict[str, Probe] = {}
+        self.ctrl_map: Optional[torch.Tensor] = None
+        self.n_out = 1
+        self.y_mean, self.y_std = 0.0, 1.0
+
+    def _features(self, acts: torch.Tensor, rows: slice, tokens: torch.Tensor):
+        """``(x [n, d], y [n], token ids [n])`` of the training tokens in one batch of rows."""
+        return batch_features(acts, self.y_all[rows], tokens, ~self.is_val[rows], self.pos, self.kind)
+
+    def feature_stats(self) -> tuple[dict[str, list], int]:
+        """Pass 1: per hook ``[count, sum, sum of squares]`` of the training features (float64), and the vocab
+        size seen; standardised probes train well with one learning rate."""
+        stats: dict[str, list] = {}
+        vocab = 0
+        for rows, tokens, acts in _stream(self.source, self.hooks, self.batch_size, None):
+            vocab = max(vocab, int(tokens.max()) + 1)
+            for h in self.hooks:
+                x = self._features(acts[h], rows, tokens)[0].double()
+                s = stats.setdefault(h, [0, 0.0, 0.0])
+                s[0] += x.shape[0]
+                s[1] = s[1] + x.sum(0)
+                s[2] = s[2] + (x * x).sum(0)
+        if not stats or stats[self.hooks[0]][0] == 0:
+            raise ValueError("no labelled training tokens: check labels (negative/NaN ones are ignored) and pos")
+        return stats, vocab
+
+    def set_up(self, stats: dict[str, list], vocab: int, n_classes: Optional[int], control: bool, seed: int,
+               lr: float, weight_decay: float) -> None:
+        """Probes standardised by ``stats`` (and, for ``linear``, by the target's mean/std), the control
+        task's labels, one Adam over every probe."""
+        y = self.y_all
+        if self.kind == "logistic":
+            self.n_out = n_classes or int(y[y >= 0].max()) + 1
+        else:  # standardise the target too, so one lr suits any target scale
+            y_train = y[~self.is_val]
+            y_train = y_train[~torch.isnan(y_train)].double()
+            self.y_mean, self.y_std = float(y_train.mean()), float(y_train.std().clamp_min(1e-6))
+        self.ctrl_map = control_labels(vocab, y, seed) if control else None
+
+        def make(h: str) -> Probe:
+            n, s1, s2 = stats[h]
+            mean = s1 / n
+            std = (s2 / n - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+            return Probe(mean.shape[0], self.n_out, mean.float(), std.float(), self.y_mean, self.y_std).to(self.device)
+
+        self.probes = {h: make(h) for h in self.hooks}
+        self.cprobes = {h: make(h) for h in self.hooks} if control else {}
+        params = [p for m in list(self.probes.values()) + list(self.cprobes.values()) for p in m.parameters()]
+        self.opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        self.loss_fn = nn.CrossEntropyLoss() if self.kind == "logistic" else nn.MSELoss()
+
+    def fit(self, epochs: int, seed: int) -> dict[str, list]:
+        """Passes 2..: stream the rows in shuffled blocks, one Adam step per batch for every probe;
+        returns each hook's mean training loss per epoch."""
+        history: dict[str, list] = {h: [] for h in self.hooks}
+        for epoch in range(epochs):
+            sums = {h: [0.0, 0] for h in self.hooks}
+            for rows, tokens, acts in _stream(self.source, self.hooks, self.batch_size, seed + 1000 + epoch):
+                self._step(rows, tokens, acts, sums)
+            for h in self.hooks:
+                history[h].append(sums[h][0] / max(1, sums[h][1]))
+        return history
+
+    def _step(self, rows: slice, tokens: torch.Tensor, acts: dict[str, torch.Tensor], sums: dict[str, list]) -> None:
+        """One optimiser step on one batch: the sum of every probe's (and control probe's) loss."""
+        self.opt.zero_grad(set_to_none=True)
+        total = None
+        for h in self.hooks:
+            x, y, t = self._features(acts[h], rows, tokens)
+            if x.shape[0] == 0:
+                continue
+            x, y = x.to(self.device), y.to(self.device)
+            out = self.probes[h](x, raw=True)
+            if self.kind == "logistic":
+                loss = self.loss_fn(out, y)
+            else:
+                loss = self.loss_fn(out[:, 0], (y - self.y_mean) / self.y_std)
+            sums[h][0] += float(loss.detach()) * x.shape[0]
+            sums[h][1] += x.shape[0]
+            if self.cprobes:
+                loss = loss + self.loss_fn(self.cprobes[h](x), self.ctrl_map[t].to(self.device))
+            total = loss if total is None else total + loss
+        if total is not None:
+            total.backward()
+            self.opt.step()
 
 
 @torch.no_grad()

@@ -2,14 +2,16 @@
 
 Every function returns a figure with ``_repr_html_`` (shows in Jupyter) and
 ``save(path)`` (a standalone HTML page). ``Page(*figures)`` puts several on one
-page with the ~1.3 MB circuitsvis bundle inlined once. See docs/viz.md.
+page, with headings and captions between them, and the ~1.3 MB circuitsvis bundle inlined once.
+See docs/viz.md.
 """
-from .attention import attention_heads, attention_patterns, layer_attention, layer_pattern
-from .html import CircuitsVisWidget, Figure, Page, circuitsvis_bundle, configure, escape_token
+from .attention import attention_heads, attention_patterns, layer_attention, layer_pattern, sharpest_head
+from .html import (Caption, CircuitsVisWidget, Figure, Heading, Page, circuitsvis_bundle, configure, escape_token,
+                   visible_token)
 from .plots import LineChart, head_scores_chart, line_chart, metrics_chart, nice_ticks
 from .tokens import ColoredTokens, colored_tokens, colored_tokens_multi, logit_lens_tokens
 
-__all__ = ["attention_heads", "attention_patterns", "layer_attention", "layer_pattern", "CircuitsVisWidget",
-           "Figure", "Page", "circuitsvis_bundle", "configure", "escape_token", "LineChart", "line_chart",
-           "metrics_chart", "nice_ticks", "ColoredTokens", "colored_tokens", "colored_tokens_multi",
-           "head_scores_chart", "logit_lens_tokens"]
+__all__ = ["attention_heads", "attention_patterns", "layer_attention", "layer_pattern", "sharpest_head",
+           "visible_token", "Caption", "CircuitsVisWidget", "Figure", "Heading", "Page", "circuitsvis_bundle",
+           "configure", "escape_token", "LineChart", "line_chart", "metrics_chart", "nice_ticks", "ColoredTokens",
+           "colored_tokens", "colored_tokens_multi", "head_scores_chart", "logit_lens_tokens"]

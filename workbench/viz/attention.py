@@ -5,13 +5,16 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .html import CircuitsVisWidget, escape_token, rounded, str_tokens, to_numpy
+from .html import CircuitsVisWidget, escape_token, rounded, str_tokens, to_numpy, visible_token
 
 Tokens = Union[Sequence[str], Sequence[int], Any]
 
 
-def _pattern_3d(pattern: Any, tokens: Tokens, batch_index: int) -> tuple[np.ndarray, list[str]]:
-    """Validate ``pattern`` ``[head, q_pos, k_pos]`` (or ``[batch, head, q_pos, k_pos]``) against ``tokens``."""
+def _pattern_3d(pattern: Any, tokens: Tokens, batch_index: int, spaces: bool) -> tuple[np.ndarray, list[str]]:
+    """Validate ``pattern`` ``[head, q_pos, k_pos]`` (or ``[batch, head, q_pos, k_pos]``) against ``tokens``.
+
+    Returns the pattern and the tokens made visible (``visible_token``) and inert (``escape_token``).
+    """
     arr = to_numpy(pattern, "pattern")
     if arr.ndim == 4:
         if not -arr.shape[0] <= batch_index < arr.shape[0]:
@@ -30,43 +33,71 @@ def _pattern_3d(pattern: Any, tokens: Tokens, batch_index: int) -> tuple[np.ndar
     if len(toks) != q:
         raise ValueError(f"{len(toks)} tokens for a pattern over {q} positions: pass the str tokens of the "
                          "same row the pattern came from")
-    return arr, [escape_token(t) for t in toks]
+    return arr, [escape_token(visible_token(t, spaces)) for t in toks]
+
+
+def sharpest_head(pattern: np.ndarray) -> int:
+    """The head (of ``[head, q_pos, k_pos]``) that attends most sharply away from itself and position 0.
+
+    Per head: the mean over queries ``q >= 2`` of the largest attention to a key other than ``q``
+    and ``0``. A previous-token or an induction head scores high; a head that rests on the first
+    token (a sink), on itself, or spreads its attention evenly scores low.
+    """
+    n = pattern.shape[-1]
+    if n < 3:
+        return 0
+    away = pattern.copy()
+    away[:, :, 0] = 0.0
+    idx = np.arange(n)
+    away[:, idx, idx] = 0.0
+    return int(away[:, 2:].max(-1).mean(-1).argmax())
 
 
 def attention_heads(pattern: Any, tokens: Tokens, head_names: Optional[Sequence[str]] = None,
                     layer: Optional[int] = None, batch_index: int = 0,
                     max_value: Optional[float] = None, min_value: Optional[float] = None,
-                    mask_upper_tri: bool = True) -> CircuitsVisWidget:
-    """Every head of one layer: a thumbnail heatmap per head, one enlarged on click (circuitsvis ``AttentionHeads``).
+                    mask_upper_tri: bool = True, focus: Optional[int] = None,
+                    title: Optional[str] = None) -> CircuitsVisWidget:
+    """Every head of one layer: a thumbnail heatmap per head and one enlarged (circuitsvis ``AttentionHeads``).
 
     Args:
         pattern: attention probabilities ``[head, q_pos, k_pos]`` or ``[batch, head, q_pos, k_pos]``
             (``cache["pattern", layer]``); values in [0, 1].
         tokens: the ``q_pos`` token strings of that row (``model.to_str_tokens(row)``) or their ids.
-        head_names: one label per head; default ``L{layer}H{h}`` (or ``H{h}``).
+        head_names: one label per head; default ``L{layer}.H{h}`` (or ``H{h}``).
         batch_index: the row shown when ``pattern`` has a batch dimension.
-    Tokens are HTML-escaped (circuitsvis inserts them with innerHTML); the JSON
-    payload is about 6 bytes per number (values rounded to 4 decimals).
+        focus: the head shown enlarged when the figure opens (hover or click another to change it);
+            default ``sharpest_head``: the head attending most sharply away from itself and position 0.
+        title: a heading above the figure (e.g. which layer, row and training step it shows).
+    Tokens are HTML-escaped (circuitsvis inserts them with innerHTML) and their whitespace shown
+    (``↵`` for a newline, ``·`` for a space: the heatmap labels drop whitespace); the JSON payload is
+    about 6 bytes per number (values rounded to 4 decimals).
     """
-    arr, toks = _pattern_3d(pattern, tokens, batch_index)
+    arr, toks = _pattern_3d(pattern, tokens, batch_index, spaces=True)
     n_heads = arr.shape[0]
     if head_names is None:
-        head_names = [f"L{layer}H{h}" if layer is not None else f"H{h}" for h in range(n_heads)]
+        head_names = [f"L{layer}.H{h}" if layer is not None else f"H{h}" for h in range(n_heads)]
     head_names = [str(n) for n in head_names]  # React text nodes: React escapes them, tokens it does not
     if len(head_names) != n_heads:
         raise ValueError(f"{len(head_names)} head names for {n_heads} heads")
+    focus = sharpest_head(arr) if focus is None else int(focus)
+    if not 0 <= focus < n_heads:
+        raise IndexError(f"focus={focus} is not a head of this layer (0..{n_heads - 1})")
     return CircuitsVisWidget("AttentionHeads", {
         "attention": rounded(arr), "tokens": toks, "attentionHeadNames": head_names,
-        "maxValue": max_value, "minValue": min_value, "maskUpperTri": mask_upper_tri})
+        "maxValue": max_value, "minValue": min_value, "maskUpperTri": mask_upper_tri},
+        title=title, focus_head=focus)
 
 
-def attention_patterns(pattern: Any, tokens: Tokens, batch_index: int = 0) -> CircuitsVisWidget:
+def attention_patterns(pattern: Any, tokens: Tokens, batch_index: int = 0,
+                       title: Optional[str] = None) -> CircuitsVisWidget:
     """All heads of one layer over the text, hover a token to see where it attends (circuitsvis ``AttentionPatterns``).
 
-    ``pattern`` ``[head, q_pos, k_pos]`` or ``[batch, head, q_pos, k_pos]``; ``tokens`` as in ``attention_heads``.
+    ``pattern`` ``[head, q_pos, k_pos]`` or ``[batch, head, q_pos, k_pos]``; ``tokens`` as in ``attention_heads``
+    (newlines shown as ``↵``); ``title`` a heading above the figure.
     """
-    arr, toks = _pattern_3d(pattern, tokens, batch_index)
-    return CircuitsVisWidget("AttentionPatterns", {"attention": rounded(arr), "tokens": toks})
+    arr, toks = _pattern_3d(pattern, tokens, batch_index, spaces=False)
+    return CircuitsVisWidget("AttentionPatterns", {"attention": rounded(arr), "tokens": toks}, title=title)
 
 
 def _is_str_list(tokens: Any) -> bool:
@@ -161,14 +192,27 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
 
 
 def layer_attention(source: Any, layer: int, tokens: Any = None, row: int = 0, tokenizer: Any = None,
-                    view: str = "heads", step: Optional[int] = None, **kwargs: Any) -> CircuitsVisWidget:
+                    view: str = "heads", step: Optional[int] = None, title: Optional[str] = None,
+                    **kwargs: Any) -> CircuitsVisWidget:
     """``attention_heads`` (``view="heads"``) or ``attention_patterns`` (``"patterns"``) for one layer of ``source``.
 
-    ``source`` is a model, a cache or a store, as in ``layer_pattern``.
+    ``source`` is a model, a cache or a store, as in ``layer_pattern``. The figure's heading says the
+    layer, the row (when not the first) and, from a recording, the training step (``title`` replaces
+    it). ``kwargs`` go to ``attention_heads`` (e.g. ``focus=3``) or ``attention_patterns``.
     """
     if view not in ("heads", "patterns"):
         raise ValueError(f"view must be 'heads' or 'patterns', got {view!r}")
     pattern, toks = layer_pattern(source, layer, tokens=tokens, row=row, tokenizer=tokenizer, step=step)
+    if title is None:
+        title = _figure_title(source, layer, row, step)
     if view == "heads":
-        return attention_heads(pattern, toks, layer=layer, **kwargs)
-    return attention_patterns(pattern, toks, **kwargs)
+        return attention_heads(pattern, toks, layer=layer, title=title, **kwargs)
+    return attention_patterns(pattern, toks, title=title, **kwargs)
+
+
+def _figure_title(source: Any, layer: int, row: int, step: Optional[int]) -> str:
+    """``"layer 1 attention, row 2, at training step 350"`` (the row when not the first; the step of a
+    recording, or of a step view ``store.at_step(s)``)."""
+    step = step if step is not None else getattr(source, "step", None)
+    return (f"layer {layer} attention" + (f", row {row}" if row else "")
+            + (f", at training step {step}" if step is not None else ""))

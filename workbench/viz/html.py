@@ -24,7 +24,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+import circuitsvis
 import numpy as np
+import torch
 
 _MODES = ("always", "once")
 _state = {"inline_bundle": "always", "bundle_shown": False}
@@ -53,7 +55,6 @@ def circuitsvis_bundle() -> str:
     so it becomes ``<\\/script`` (the same string to JavaScript); the source-map
     comment is dropped so nothing asks for ``iife.js.map``.
     """
-    import circuitsvis
     path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
     if not path.is_file():
         raise FileNotFoundError(f"the circuitsvis wheel has no browser bundle at {path}; "
@@ -87,6 +88,23 @@ def escape_token(token: str) -> str:
     return str(token).replace("&", "&" + ZWSP).replace("<", "<" + ZWSP)
 
 
+# circuitsvis draws heatmap axis labels with every whitespace character removed, and running text
+# (token buttons) with newlines collapsed: these stand in for whitespace so that every token shows.
+WHITESPACE_SIGNS = {"\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}   # ↵ ⇥ ␍
+SPACE_SIGN = "\u00b7"                                                   # ·
+
+
+def visible_token(token: str, spaces: bool = False) -> str:
+    """``token`` with newline, tab and carriage return shown as ``↵ ⇥ ␍``; with ``spaces`` also each space as ``·``.
+
+    Heatmap labels need ``spaces=True`` (circuitsvis strips every space from them, so ``" a b"`` would
+    read ``ab`` and a whitespace-only token would be blank); running text keeps its spaces.
+    """
+    for ch, sign in WHITESPACE_SIGNS.items():
+        token = token.replace(ch, sign)
+    return token.replace(" ", SPACE_SIGN) if spaces else token
+
+
 def script_json(value: Any) -> str:
     """JSON that is safe inside an inline ``<script>``: ``<``, ``>`` and JS line separators escaped."""
     text = json.dumps(value, allow_nan=False, separators=(",", ":"))  # "<" escaped: no </script> or <!--
@@ -96,12 +114,8 @@ def script_json(value: Any) -> str:
 
 def to_numpy(values: Any, name: str) -> np.ndarray:
     """A float64 array from a tensor, array or nested list; non-finite values are an error."""
-    try:
-        import torch
-        if isinstance(values, torch.Tensor):
-            values = values.detach().to("cpu", dtype=torch.float64).numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", dtype=torch.float64).numpy()
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -168,27 +182,46 @@ PLACEHOLDER = ("[interactive circuitsvis figure: it shows when its script runs; 
 
 
 class CircuitsVisWidget(Figure):
-    """One circuitsvis React component with its props, rendered from the inlined bundle."""
+    """One circuitsvis React component with its props, rendered from the inlined bundle.
+
+    ``title``: a heading drawn above the component. ``focus_head``: for ``AttentionHeads``, the head
+    enlarged when the figure opens (circuitsvis always starts at head 0 and takes no prop for it,
+    so the script clicks that head's thumbnail once the component has drawn; a click is what locks
+    a head in circuitsvis, so the user can still hover or click any other).
+    """
 
     needs_bundle = True
 
-    def __init__(self, component: str, props: dict, height: Optional[int] = None) -> None:
+    def __init__(self, component: str, props: dict, height: Optional[int] = None, title: Optional[str] = None,
+                 focus_head: Optional[int] = None) -> None:
         self.component = component
         self.props = {k: v for k, v in props.items() if v is not None}
         self.id = "wb-viz-" + uuid.uuid4().hex[:12]
         self.height = height
+        self.title = title
+        self.focus_head = focus_head
 
     def fragment(self) -> str:
         style = "margin: 15px 0;" + (f" min-height: {self.height}px;" if self.height else "")
+        heading = f'<div class="workbench-title" style="{TITLE_STYLE}">{html.escape(self.title)}</div>\n' \
+            if self.title else ""
         # Poll briefly for window.CircuitsVis: with inline_bundle="once" it comes from another output.
         # The placeholder text stays only where scripts do not run (an untrusted notebook); React replaces it.
-        return (f'<div id="{self.id}" class="workbench-viz" style="{style}">'
+        focus = "" if not self.focus_head else (  # head 0 is circuitsvis's own start
+            f"      focus({int(self.focus_head)}, 0);\n")
+        return (f'{heading}<div id="{self.id}" class="workbench-viz" style="{style}">'
                 f'<span style="color: #888;">{PLACEHOLDER}</span></div>\n'
                 "<script>\n(function () {\n"
                 f'  var id = "{self.id}", props = {script_json(self.props)}, tries = 0;\n'
+                "  function focus(head, n) {  // the thumbnails' labels are the first <h4>s, in head order\n"
+                "    var labels = document.getElementById(id).getElementsByTagName('h4');\n"
+                "    if (labels.length > head) { labels[head].click(); }\n"
+                "    else if (n < 100) { setTimeout(function () { focus(head, n + 1); }, 50); }\n"
+                "  }\n"
                 "  function draw() {\n"
                 "    if (typeof window.CircuitsVis !== 'undefined') {\n"
                 f"      window.CircuitsVis.render(id, window.CircuitsVis.{self.component}, props);\n"
+                f"{focus}"
                 "    } else if (tries++ < 100) { setTimeout(draw, 50); }\n"
                 "    else { document.getElementById(id).textContent = 'circuitsvis bundle not loaded on "
                 "this page: re-run with workbench.viz.configure(inline_bundle=\"always\")'; }\n"
@@ -198,14 +231,60 @@ class CircuitsVisWidget(Figure):
         return f"CircuitsVisWidget({self.component}, props={sorted(self.props)})"
 
 
-class Page(Figure):
-    """Several figures on one page, with the circuitsvis bundle inlined once."""
+TITLE_STYLE = "font-weight: bold; font-size: 15px; margin: 12px 0 4px 0;"
 
-    def __init__(self, *figures: Figure, title: str = "workbench figures") -> None:
-        for f in figures:
-            if not isinstance(f, Figure):
-                raise TypeError(f"Page takes workbench.viz figures, got {type(f).__name__}")
-        self.figures = list(figures)
+
+class Heading(Figure):
+    """A heading on a ``Page`` (``<h2>`` by default; ``level`` 1-6)."""
+
+    def __init__(self, text: str, level: int = 2) -> None:
+        if not 1 <= int(level) <= 6:
+            raise ValueError(f"a heading level is 1 to 6, got {level}")
+        self.text, self.level = str(text), int(level)
+
+    def fragment(self) -> str:
+        return f"<h{self.level}>{html.escape(self.text)}</h{self.level}>\n"
+
+    def __repr__(self) -> str:
+        return f"Heading({self.text!r})"
+
+
+class Caption(Figure):
+    """A paragraph of text on a ``Page``: what the figure above or below shows, how to read it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = str(text)
+
+    def fragment(self) -> str:
+        return f'<p style="max-width: 60em; color: #333;">{html.escape(self.text)}</p>\n'
+
+    def __repr__(self) -> str:
+        return f"Caption({self.text!r})"
+
+
+def _page_item(item: Any) -> Figure:
+    """A figure as is; a string as a ``Heading`` when it starts with ``#`` (``## x`` is level 2), else a ``Caption``."""
+    if isinstance(item, Figure):
+        return item
+    if isinstance(item, str):
+        stripped = item.lstrip()
+        level = len(stripped) - len(stripped.lstrip("#"))
+        if 1 <= level <= 6:
+            return Heading(stripped[level:].strip(), level)
+        return Caption(item)
+    raise TypeError(f"Page takes workbench.viz figures and strings (headings, captions), got {type(item).__name__}")
+
+
+class Page(Figure):
+    """Several figures on one page, with the circuitsvis bundle inlined once.
+
+    ``Page("# Induction", chart, "The best head's score per step.", widget)``: a string starting with
+    ``#`` is a heading (``##`` a smaller one), any other string a caption paragraph; ``Heading`` and
+    ``Caption`` say the same explicitly.
+    """
+
+    def __init__(self, *items: Union[Figure, str], title: str = "workbench figures") -> None:
+        self.figures = [_page_item(f) for f in items]
         self.title = title
 
     @property

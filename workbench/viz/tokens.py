@@ -11,8 +11,9 @@ import html
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
-from .html import CircuitsVisWidget, Figure, escape_token, rounded, str_tokens, to_numpy
+from .html import CircuitsVisWidget, Figure, escape_token, rounded, str_tokens, to_numpy, visible_token
 
 
 def _hex_to_rgb(color: str) -> tuple[int, int, int]:
@@ -103,7 +104,7 @@ def colored_tokens_multi(tokens: Sequence[Any], values: Any,
     """Tokens with several values each (circuitsvis ``ColoredTokensMulti``): choose which one colours them.
 
     Args:
-        tokens: ``pos`` str tokens (or ids).
+        tokens: ``pos`` str tokens (or ids); a newline shows as ``↵`` (circuitsvis would break the line).
         values: ``[pos, k]``, e.g. the logit-lens log-prob of the next token at each of ``k`` layers.
         labels: ``k`` names, e.g. ``["L0", "L1", ...]``.
     """
@@ -116,7 +117,7 @@ def colored_tokens_multi(tokens: Sequence[Any], values: Any,
     if labels is not None and len(labels) != vals.shape[1]:
         raise ValueError(f"{len(labels)} labels for {vals.shape[1]} value columns")
     return CircuitsVisWidget("ColoredTokensMulti", {
-        "tokens": [escape_token(t) for t in toks], "values": rounded(vals),
+        "tokens": [escape_token(visible_token(t)) for t in toks], "values": rounded(vals),
         # labels are React text nodes (escaped by React), unlike the tokens
         "labels": [str(l) for l in labels] if labels is not None else [f"value {i}" for i in range(vals.shape[1])]})
 
@@ -134,7 +135,6 @@ def logit_lens_tokens(lens_logits: Any, tokens: Any, str_toks: Optional[Sequence
     Each token from the second on is coloured by the log-probability (nats) that each entry gave it
     at the position before: ``[pos - 1, n_entries]`` values.
     """
-    import torch
     logits = torch.as_tensor(lens_logits)
     ids = torch.as_tensor(tokens)
     if logits.ndim == 4:
