@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.profiler import ProfilerActivity, profile
 
+import workbench.model.hf_format as hf_format
 import workbench.model.weight_files as weight_files
 from helpers import assert_one_line_error, cli, save_checkpoint
 from workbench.errors import DamagedFileError, InputError, MissingFileError, UserError
@@ -104,6 +105,8 @@ def test_a_load_holds_the_weights_plus_one_staging_buffer(tiny_hf, tmp_path, mon
     write_checkpoint(tiny_hf, tmp_path / "ckpt", fmt, stored)
     staging = 64 << 10
     monkeypatch.setattr(weight_files, "STAGING_BYTES", staging)
+    # One reader, in this thread: the profiler sees only the thread that runs it (n readers hold n buffers).
+    monkeypatch.setattr(hf_format, "LOAD_WORKERS", 1)
     PhiModel.from_pretrained(tmp_path / "ckpt", dtype=loaded)   # warm up: lazy imports, caches
     box = []
     peak, end = allocated_peak_and_end(lambda: box.append(PhiModel.from_pretrained(tmp_path / "ckpt", dtype=loaded)),
@@ -115,6 +118,34 @@ def test_a_load_holds_the_weights_plus_one_staging_buffer(tiny_hf, tmp_path, mon
     # (A few bytes of bookkeeping pass through the allocator too: 16 measured; 4 KiB allowed.)
     assert end == weights
     assert peak <= weights + (staging if stored != loaded else 0) + 4096
+
+
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_any_number_of_readers_loads_the_same_bits(tiny_hf, tiny_checkpoint, tmp_path, monkeypatch, workers):
+    write_checkpoint(tiny_hf, tmp_path, "sharded", torch.bfloat16)
+    monkeypatch.setattr(weight_files, "STAGING_BYTES", 32 << 10)   # several chunks per tensor
+    monkeypatch.setattr(hf_format, "LOAD_WORKERS", workers)
+    model = PhiModel.from_pretrained(tmp_path)
+    expected = {k: v.to(torch.bfloat16).float() for k, v in PhiModel.from_pretrained(tiny_checkpoint).state_dict().items()}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_file_cut_while_loading_is_one_clear_error(tiny_checkpoint, tmp_path, monkeypatch, workers):
+    """The header was checked, then the file shrank (a copy still running): the reader says so, whichever thread."""
+    shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.safetensors"
+    original = weight_files.read_safetensors_header
+
+    def header_then_cut(p):
+        found = original(p)
+        _cut(p, 0.5)
+        return found
+    monkeypatch.setattr(weight_files, "read_safetensors_header", header_then_cut)
+    monkeypatch.setattr(hf_format, "LOAD_WORKERS", workers)
+    with pytest.raises(DamagedFileError, match=rf"{path} is damaged or incomplete \(it ended while its tensors"):
+        PhiModel.from_pretrained(tmp_path / "ckpt")
 
 
 def test_parameters_do_not_alias_the_file(tiny_checkpoint):

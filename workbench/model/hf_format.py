@@ -19,6 +19,7 @@ import math
 import os
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
 
@@ -34,6 +35,9 @@ from .weight_files import WEIGHT_FILES, WeightFiles
 from .weight_map import hf_shapes, load_plan, to_hf
 
 M = TypeVar("M", bound=torch.nn.Module)
+# Threads that read a checkpoint. Measured on phi-1.5 (bf16 file -> fp32) on a busy 2-core machine:
+# 2 threads took the load from 1.75x to 1.15-1.3x of transformers' time (which uses min(4, cores)).
+LOAD_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def __getattr__(name: str) -> Any:
@@ -116,19 +120,37 @@ def check_against_config(shapes: dict[str, tuple[int, ...]], cfg: PhiConfig, fol
 
 
 def read_state_dict(folder: Path, cfg: PhiConfig, dtype: torch.dtype = torch.float32,
-                    device: Union[str, torch.device] = "cpu") -> dict[str, torch.Tensor]:
-    """Our state dict from a checkpoint folder, each tensor allocated once in ``dtype`` on ``device``."""
+                    device: Union[str, torch.device] = "cpu", workers: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """Our state dict from a checkpoint folder, each tensor allocated once in ``dtype`` on ``device``.
+
+    ``workers`` threads (default ``LOAD_WORKERS``) fill tensors side by side: most of a load is
+    the kernel handing out fresh pages and the copies into them, which run in parallel. Peak
+    memory: the weights plus one staging buffer per worker (``weight_files.STAGING_BYTES``).
+    """
     with WeightFiles(folder) as files:
         check_against_config(files.shapes, cfg, folder)
-        state = {}
-        for ours, shape, parts in load_plan(cfg):
-            out = torch.empty(shape, dtype=dtype, device=device)
-            flat, start = out.view(-1), 0
+        plan = load_plan(cfg)
+        # Allocated up front; on the CPU no page is resident until a worker writes it.
+        state = {ours: torch.empty(shape, dtype=dtype, device=device) for ours, shape, _ in plan}
+
+        def fill(ours: str, parts: tuple[str, ...]) -> None:
+            flat, start = state[ours].view(-1), 0
             for name in parts:   # q, k, v fill consecutive rows of the fused projection
                 n = math.prod(files.shapes[name])
                 files.read_into(name, flat[start:start + n])
                 start += n
-            state[ours] = out
+
+        workers = workers or LOAD_WORKERS
+        if workers == 1:
+            for ours, _, parts in plan:
+                fill(ours, parts)
+            return state
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="load")
+        try:
+            for done in [pool.submit(fill, ours, parts) for ours, _, parts in plan]:
+                done.result()   # the first failure (a damaged file) is raised here
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return state
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -35,7 +36,7 @@ ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "
 ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 MAX_HEADER_BYTES = 100_000_000   # the safetensors format's own limit
-STAGING_BYTES = 64 << 20         # the most a conversion holds beyond the model itself
+STAGING_BYTES = 16 << 20         # per reading thread: the most a conversion holds beyond the model itself
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # transformers' order of preference, so a folder holding several loads the same file in both.
@@ -116,10 +117,12 @@ def weight_file_paths(folder: Path) -> list[Path]:
 
 
 class WeightFiles:
-    """The tensors of a checkpoint's weight files, read one at a time into tensors the caller allocated.
+    """The tensors of a checkpoint's weight files, read into tensors the caller allocated.
 
     Use as a context manager (it holds the files open). ``shapes`` maps every
-    stored name to its shape; ``read_into(name, out)`` fills ``out``.
+    stored name to its shape; ``read_into(name, out)`` fills ``out``. Several
+    threads may call ``read_into`` at once: each has its own file handles and
+    its own staging buffer.
     """
 
     def __init__(self, folder: Union[str, Path]) -> None:
@@ -127,8 +130,8 @@ class WeightFiles:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._stored: dict[str, StoredTensor] = {}
         self._pickled: dict[str, torch.Tensor] = {}     # pytorch_model.bin (legacy): memory-mapped tensors
-        self._open: dict[Path, object] = {}
-        self._staging: Optional[torch.Tensor] = None
+        self._local = threading.local()   # per thread: file handles and the staging buffer
+        self._handles: list = []          # every handle any thread opened, to close them all
         for path in weight_file_paths(self.folder):
             if path.suffix == ".safetensors":
                 self._stored.update(read_safetensors_header(path))
@@ -144,11 +147,11 @@ class WeightFiles:
         self.close()
 
     def close(self) -> None:
-        for f in self._open.values():
+        for f in self._handles:
             f.close()
-        self._open.clear()
+        self._handles.clear()
         self._pickled.clear()
-        self._staging = None
+        self._local = threading.local()
 
     def read_into(self, name: str, out: torch.Tensor) -> None:
         """Copy stored tensor ``name`` into ``out`` (contiguous, same element count; any dtype and device)."""
@@ -176,16 +179,19 @@ class WeightFiles:
             flat[start:start + count].copy_(buf.view(src_dtype))
 
     def _staging_bytes(self, nbytes: int) -> torch.Tensor:
-        if self._staging is None:   # one buffer for the whole load, no larger than the largest tensor
+        staging = getattr(self._local, "staging", None)
+        if staging is None:   # one buffer per thread for the whole load, no larger than the largest tensor
             largest = max(math.prod(st.shape) * ST_ITEMSIZE.get(st.dtype, 1) for st in self._stored.values())
-            self._staging = torch.empty(max(min(largest, STAGING_BYTES), 8), dtype=torch.uint8)
-        return self._staging[:nbytes]
+            staging = self._local.staging = torch.empty(max(min(largest, STAGING_BYTES), 8), dtype=torch.uint8)
+        return staging[:nbytes]
 
     def _read_bytes(self, st: StoredTensor, into, skip: int) -> None:
         """Fill the writable buffer ``into`` from ``st``'s bytes starting ``skip`` bytes in."""
-        f = self._open.get(st.file)
+        handles = self._local.__dict__.setdefault("handles", {})
+        f = handles.get(st.file)
         if f is None:
-            f = self._open[st.file] = open(st.file, "rb", buffering=0)
+            f = handles[st.file] = open(st.file, "rb", buffering=0)
+            self._handles.append(f)
         view = memoryview(into).cast("B")
         f.seek(st.offset + skip)
         done = 0
