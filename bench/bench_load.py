@@ -13,8 +13,8 @@ pages alike) from ``/proc/self/status`` after loading. The figure is the whole p
 interpreter and libraries included; the RSS just before the load is reported too. After loading,
 one byte of every 4 KiB page of every parameter is read, as a first forward would: a loader that
 returns tensors mapped from the file (transformers does, when no conversion is needed) has its
-weights paged in then, so the peak after that touch is the comparable figure (the peak right after
-loading is reported too). Loaders:
+weights paged in then, so the peak after that touch, and the time to load and touch, are the
+comparable figures (the peak and time of the load alone are reported too). Loaders:
 ``ours`` is ``PhiModel.from_pretrained(path, dtype=...)``, ``hf`` is
 ``transformers.PhiForCausalLM.from_pretrained(path, dtype=...)``. With ``--before DIR`` (a copy of an
 older tree, e.g. ``git archive COMMIT workbench | tar -x -C DIR``), ``before`` runs ours from there.
@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -133,8 +134,9 @@ with torch.no_grad():   # touch one byte of every 4 KiB page, as the first forwa
     for p in model.parameters():
         weights += p.numel() * p.element_size()
         p.detach().reshape(-1).view(torch.uint8)[::4096].sum()
+ready = time.perf_counter() - t0
 print(json.dumps({"peak_load": peak_load, "peak": kib("VmHWM") << 10, "before": before,
-                  "after": kib("VmRSS") << 10, "weights": weights, "seconds": seconds}))
+                  "after": kib("VmRSS") << 10, "weights": weights, "seconds": seconds, "ready": ready}))
 """
 
 
@@ -176,6 +178,17 @@ def _warm_page_cache(folder: Path) -> None:
                 pass
 
 
+def _row(layout: str, dtype: str, loader: str, runs: list[dict], hf_seconds: float | None) -> str:
+    """One markdown row: medians over the runs (peaks barely move; seconds do on a shared machine)."""
+    med = {k: statistics.median(r[k] for r in runs)
+           for k in ("weights", "before", "peak", "peak_load", "seconds", "ready")}
+    w = med["weights"]
+    ratio = f"{med['ready'] / hf_seconds:.2f}x" if hf_seconds else "-"
+    return (f"| {layout} | {dtype} | {loader} | {w / GIB:.2f} | {med['before'] / GIB:.2f} | {med['peak'] / GIB:.2f} | "
+            f"**{med['peak'] / w:.3f}x** | {(med['peak'] - med['before']) / w:.3f}x | {med['peak_load'] / GIB:.2f} | "
+            f"{med['seconds']:.1f} | {med['ready']:.1f} | {ratio} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, help="where the random checkpoints are written once and reused")
@@ -183,32 +196,38 @@ def main() -> None:
     p.add_argument("--loaders", default="ours,hf", help="comma-separated: ours, hf, before")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--layouts", default="single,sharded")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of every loader, alternating; medians reported")
     p.add_argument("--before", default=None, help="a copy of an older tree to run as the 'before' loader")
-    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--json", type=Path, help="also write every run here")
     a = p.parse_args()
     if a.dir is None:
         p.error("--dir is required: the folder that holds (or will hold) the random checkpoints")
     loaders = a.loaders.split(",") + (["before"] if a.before and "before" not in a.loaders else [])
     folders = write_checkpoints(a.dir.expanduser(), a.preset)
-    rows = []
-    print(f"\n{a.preset}, stored in bf16; load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}\n")
+    n_params = PhiConfig.from_name(a.preset).n_params()
+    runs: list[dict] = []
+    print(f"\n{a.preset} ({n_params / 1e9:.2f}B parameters), stored in bf16; {a.repeats} round(s); "
+          f"load average at start {os.getloadavg()[0]:.1f}; torch {torch.__version__}\n")
     print("| layout | loaded as | loader | weights GiB | RSS before load GiB | peak RSS GiB | peak / weights "
-          "| (peak - before) / weights | peak before touching GiB | load s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| (peak - before) / weights | peak before touching GiB | load s | load + touch s | (load + touch) / hf |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for layout in a.layouts.split(","):
         _warm_page_cache(folders[layout])
         for dtype in a.dtypes.split(","):
+            need = n_params * (4 if dtype == "fp32" else 2) * 17 // 10 + GIB   # HF's fp32 load peaks near 1.6x
+            these = {loader: [] for loader in loaders}
+            for _ in range(a.repeats):   # alternate loaders so each round sees the same machine load
+                for loader in loaders:
+                    r = measure(loader, folders[layout], dtype, a.before, need)
+                    r.update(layout=layout, dtype=dtype, loader=loader, load_average=os.getloadavg()[0])
+                    these[loader].append(r)
+                    runs.append(r)
+            hf = statistics.median(r["ready"] for r in these["hf"]) if "hf" in these else None
             for loader in loaders:
-                need = PhiConfig.from_name(a.preset).n_params() * (4 if dtype == "fp32" else 2) * 17 // 10 + GIB
-                r = measure(loader, folders[layout], dtype, a.before, need)
-                r.update(layout=layout, dtype=dtype, loader=loader, available_after=_available_bytes())
-                rows.append(r)
-                w = r["weights"]
-                print(f"| {layout} | {dtype} | {loader} | {w / GIB:.2f} | {r['before'] / GIB:.2f} | "
-                      f"{r['peak'] / GIB:.2f} | {r['peak'] / w:.3f}x | {(r['peak'] - r['before']) / w:.3f}x | "
-                      f"{r['peak_load'] / GIB:.2f} | {r['seconds']:.1f} |", flush=True)
+                print(_row(layout, dtype, loader, these[loader], hf), flush=True)
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
     if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
+        a.json.write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":
