@@ -80,12 +80,13 @@ def _shards(shapes: dict[str, tuple[int, ...]]) -> list[dict[str, tuple[int, ...
     return out
 
 
-def write_checkpoints(root: Path, preset: str) -> dict[str, Path]:
-    """``{"single": folder, "sharded": folder}`` of a random bf16 checkpoint of ``preset`` (written once)."""
+def write_checkpoints(root: Path, preset: str, layouts: list[str]) -> dict[str, Path]:
+    """``{layout: folder}`` of a random bf16 checkpoint of ``preset``, "single" and/or "sharded" (written once)."""
     cfg = PhiConfig.from_name(preset)
     shapes = hf_shapes(cfg)
     hf_cfg = cfg.to_hf() | {"torch_dtype": "bfloat16", "dtype": "bfloat16"}
     folders = {"single": root / f"{preset}-bf16", "sharded": root / f"{preset}-bf16-sharded"}
+    folders = {k: v for k, v in folders.items() if k in layouts}
     for kind, folder in folders.items():
         if (folder / "config.json").is_file():
             continue
@@ -203,7 +204,7 @@ def main() -> None:
     if a.dir is None:
         p.error("--dir is required: the folder that holds (or will hold) the random checkpoints")
     loaders = a.loaders.split(",") + (["before"] if a.before and "before" not in a.loaders else [])
-    folders = write_checkpoints(a.dir.expanduser(), a.preset)
+    folders = write_checkpoints(a.dir.expanduser(), a.preset, a.layouts.split(","))
     n_params = PhiConfig.from_name(a.preset).n_params()
     runs: list[dict] = []
     print(f"\n{a.preset} ({n_params / 1e9:.2f}B parameters), stored in bf16; {a.repeats} round(s); "

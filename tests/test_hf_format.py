@@ -25,7 +25,7 @@ from workbench.model.hf_format import load_pretrained
 from workbench.model.weight_map import hf_shapes, to_hf
 
 TOKENS = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(3))
-FORMATS = ["safetensors", "sharded", "bin"]
+FORMATS = ["safetensors", "sharded", "bin", "bin-sharded"]
 
 
 def write_checkpoint(hf, folder: Path, fmt: str, dtype: torch.dtype) -> Path:
@@ -33,11 +33,20 @@ def write_checkpoint(hf, folder: Path, fmt: str, dtype: torch.dtype) -> Path:
     hf = hf.to(dtype)
     try:
         save_checkpoint(hf, folder, **({"max_shard_size": "300KB"} if fmt == "sharded" else {}))
-        if fmt == "bin":
+        if fmt.startswith("bin"):
             # transformers 5 always writes safetensors (safe_serialization=False is ignored), so write
-            # the legacy pickle the way transformers 4 did: one state dict in pytorch_model.bin.
+            # the legacy pickles the way transformers 4 did: pytorch_model.bin, or shards and an index.
             (folder / "model.safetensors").unlink()
-            torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+            state = hf.state_dict()
+            if fmt == "bin":
+                torch.save(state, folder / "pytorch_model.bin")
+            else:
+                names = list(state)
+                halves = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+                for file, part in halves.items():
+                    torch.save({k: state[k] for k in part}, folder / file)
+                index = {"metadata": {}, "weight_map": {k: file for file, part in halves.items() for k in part}}
+                (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     finally:
         hf.to(torch.float32)
     if fmt == "sharded":
@@ -242,6 +251,23 @@ def test_the_loader_modules_do_not_import_the_model():
         for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
             inner = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
             assert not inner or fn.name == "_download", (module, fn.name)
+
+
+def test_meta_device_skips_initialisers_only_on_meta():
+    """normal_ on meta runs torch's Python reference, whose first use imports sympy (seconds): skipped."""
+    code = ("import sys, torch\n"
+            "from workbench.model import PhiConfig, PhiModel\n"
+            "from workbench.model.meta_init import meta_device\n"
+            "with meta_device():\n"
+            "    model = PhiModel(PhiConfig.from_name('tiny'))\n"
+            "    real = torch.nn.init.normal_(torch.zeros(4, device='cpu'))\n"
+            "assert all(p.is_meta for p in model.parameters())\n"
+            "assert real.abs().sum() > 0\n"
+            "print('sympy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_load_pretrained_builds_the_class_it_is_given(tiny_checkpoint):

@@ -31,7 +31,7 @@ from workbench.errors import InputError, MissingFileError, UserError
 from .config import PhiConfig
 from .meta_init import meta_device
 from .tokenizer import Tokenizer
-from .weight_files import WEIGHT_FILES, WeightFiles
+from .weight_files import WEIGHT_FILES, WeightFiles  # noqa: F401  (WEIGHT_FILES: its old home, still importable)
 from .weight_map import hf_shapes, load_plan, to_hf
 
 M = TypeVar("M", bound=torch.nn.Module)

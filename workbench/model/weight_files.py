@@ -24,7 +24,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
