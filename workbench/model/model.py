@@ -413,7 +413,7 @@ class PhiModel(HookedRootModule):
     run_dir: Optional[Path] = None
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: Union[str, Path], dtype: Optional[torch.dtype] = None,
+    def from_pretrained(cls, path_or_hub_id: Union[str, Path], dtype: Optional[Union[torch.dtype, str]] = None,
                         device: Optional[Union[str, torch.device]] = None) -> "PhiModel":
         """Load an HF-format Phi checkpoint: a folder, a training run folder, or a hub id.
 
