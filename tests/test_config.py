@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from workbench.errors import DamagedFileError, InputError, MissingFileError
 from workbench.model import PhiConfig, PhiModel
 
 # microsoft/phi-2's config.json as published (transformers 4.37 era: rotary keys at top level).
@@ -122,12 +123,104 @@ def test_from_hf_rejects_other_architectures(change, message):
 
 
 def test_from_hf_missing_file_and_unknown_fields(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(MissingFileError, match="no config.json"):
         PhiConfig.from_hf(tmp_path)
-    with pytest.raises(ValueError, match=r"unknown PhiConfig fields \['n_experts'\]"):
+    with pytest.raises(InputError, match=r"unknown PhiConfig fields \['n_experts'\]"):
         PhiConfig.from_dict({"n_experts": 8})
 
 
 def test_to_dict_from_dict_round_trip():
     cfg = PhiConfig.from_name("small")
     assert PhiConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+# -- every way of making a config refuses nonsense with one line naming the field ------------------------
+BAD_FIELDS = [
+    ("n_heads", 0, "n_heads must be a positive integer, got 0"),
+    ("d_model", "2560", "d_model must be a positive integer, got '2560'"),
+    ("d_mlp", -1, "d_mlp must be a positive integer, got -1"),
+    ("n_layers", 0, "n_layers must be a positive integer, got 0"),
+    ("d_vocab", 2.5, "d_vocab must be a positive integer, got 2.5"),
+    ("n_ctx", True, "n_ctx must be a positive integer, got True"),
+    ("partial_rotary_factor", 1.5, "partial_rotary_factor must be a number at least 0 and at most 1, got 1.5"),
+    ("rope_theta", 0, "rope_theta must be a number above 0, got 0"),
+    ("layer_norm_eps", float("nan"), "layer_norm_eps must be a number at least 0, got nan"),
+    ("initializer_range", "0.02", "initializer_range must be a number at least 0, got '0.02'"),
+    ("bos_token_id", -1, "bos_token_id must be a token id (an integer >= 0) or null, got -1"),
+    ("name", 3, "name must be a string, got 3"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_FIELDS)
+def test_every_constructor_refuses_a_bad_field(field, value, message):
+    makers = [lambda: PhiConfig(**{field: value}),
+              lambda: PhiConfig.from_dict({**PhiConfig.from_name("tiny").to_dict(), field: value})]
+    if field != "name":   # from_name's own first argument is the preset's name
+        makers.append(lambda: PhiConfig.from_name("tiny", **{field: value}))
+    for make in makers:
+        with pytest.raises(InputError) as e:
+            make()
+        assert str(e.value) == f"PhiConfig: {message}"
+
+
+def test_several_bad_fields_are_named_in_one_line():
+    with pytest.raises(InputError, match=r"^PhiConfig: d_model must .* got 0; n_heads must .* got -2$"):
+        PhiConfig(d_model=0, n_heads=-2)
+
+
+def test_whole_numbers_for_float_fields_become_floats():
+    cfg = PhiConfig(rope_theta=10000, partial_rotary_factor=0, layer_norm_eps=0)
+    assert isinstance(cfg.rope_theta, float) and cfg.rotary_dim == 0
+    assert PhiConfig.from_hf({**PHI2_CONFIG_JSON, "rope_theta": 10000}) == PhiConfig.from_hf(PHI2_CONFIG_JSON)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"hidden_size": "2560"}, "hidden_size must be a positive integer, got '2560'"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+    ({"num_hidden_layers": -3}, "num_hidden_layers must be a positive integer, got -3"),
+    ({"max_position_embeddings": 0}, "max_position_embeddings must be a positive integer, got 0"),
+    ({"partial_rotary_factor": "0.4"}, "partial_rotary_factor must be a number"),
+    ({"eos_token_id": [-5]}, "eos_token_id must be a token id"),
+])
+def test_from_hf_names_the_file_and_the_hf_key(tmp_path, change, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**PHI2_CONFIG_JSON, **change}))
+    with pytest.raises(InputError) as e:
+        PhiConfig.from_hf(tmp_path)
+    assert str(e.value).startswith(f"{path}: {message}") and "save the checkpoint again" in str(e.value)
+
+
+def test_from_hf_lists_every_missing_field(tmp_path):
+    hf = {k: v for k, v in PHI2_CONFIG_JSON.items() if k not in ("hidden_size", "vocab_size")}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(InputError, match=r"config.json has no hidden_size, vocab_size: a Phi config.json needs"):
+        PhiConfig.from_hf(tmp_path)
+
+
+def test_from_hf_json_errors_name_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(PHI2_CONFIG_JSON)[:200])
+    with pytest.raises(DamagedFileError, match=rf"^{path} is not valid JSON \(.*line 1 column \d+.*\); the file"):
+        PhiConfig.from_hf(path)
+    path.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(DamagedFileError, match="is not valid JSON"):
+        PhiConfig.from_hf(path)
+    path.write_text('"just a string"')
+    with pytest.raises(InputError, match="holds a JSON str, not an object of config keys"):
+        PhiConfig.from_hf(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rotary scaling"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0}}, "rotary scaling \\('linear'\\)"),
+])
+def test_from_hf_refuses_rotary_scaling_it_would_ignore(change, message):
+    with pytest.raises(InputError, match=message):
+        PhiConfig.from_hf({**PHI2_CONFIG_JSON, **change})
+
+
+def test_from_name_and_from_dict_refuse_unknown_fields_and_non_dicts():
+    with pytest.raises(InputError, match=r"unknown PhiConfig fields \['d_heads'\]"):
+        PhiConfig.from_name("tiny", d_heads=4)
+    with pytest.raises(InputError, match="must be a mapping of field names to values, got list"):
+        PhiConfig.from_dict([("d_model", 4)])

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
+
+from workbench.errors import DamagedFileError, InputError, MissingFileError
 
 
 @dataclass
@@ -41,13 +45,20 @@ class PhiConfig:
     use_hook_mlp_in: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Checked here so every way of making a config (constructor, preset, config.json, saved
+        # dict, TOML overrides) refuses a zero head count or a string width with one clear line.
+        problems = field_problems(vars(self))
+        if problems:
+            raise InputError("PhiConfig: " + "; ".join(f"{name} {what}" for name, what in problems))
+        for name in FLOAT_RULES:   # JSON writes 10000.0 as 10000: keep floats floats
+            setattr(self, name, float(getattr(self, name)))
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise InputError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         self.d_head = self.d_model // self.n_heads
         # HF's rule: int(), not round(). HF crashes later on an odd width; we say so now.
         self.rotary_dim = int(self.d_head * self.partial_rotary_factor)
         if self.rotary_dim % 2:
-            raise ValueError(
+            raise InputError(
                 f"rotary width int(d_head * partial_rotary_factor) = int({self.d_head} * "
                 f"{self.partial_rotary_factor}) = {self.rotary_dim} is odd; rotary embeddings rotate "
                 "pairs of dims, so pick a partial_rotary_factor (or d_head) that gives an even width")
@@ -82,48 +93,53 @@ class PhiConfig:
         """A preset by name (``phi-1``, ``phi-1_5``, ``phi-2``, ``tiny``, ``small``, ``mid``)."""
         key = name.split("/")[-1].lower().replace(".", "_")
         if key not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        unknown = set(overrides) - _configurable_fields()
+        if unknown:
+            raise InputError(f"unknown PhiConfig fields {sorted(unknown)}; valid: {sorted(_configurable_fields())}")
         return cls(**{**PRESETS[key], "name": key, **overrides})
 
     @classmethod
-    def from_hf(cls, source: Union[str, Path, dict]) -> "PhiConfig":
-        """From an HF ``config.json`` (path, folder or dict), old or transformers-5 style."""
-        if isinstance(source, (str, Path)):
-            path = Path(source)
-            if path.is_dir():
-                path = path / "config.json"
-            if not path.is_file():
-                raise FileNotFoundError(f"no config.json at {path}: pass an HF-format checkpoint folder")
-            hf = json.loads(path.read_text())
-        else:
-            hf = dict(source)
+    def from_hf(cls, source: Union[str, Path, Mapping]) -> "PhiConfig":
+        """From an HF ``config.json`` (path, folder or dict), old or transformers-5 style.
+
+        A file that is not JSON raises ``DamagedFileError``; a missing field, a value of the
+        wrong type or size, or another architecture raises ``InputError``. Each names the
+        file and the HF key.
+        """
+        hf, where = _read_hf_config(source)
         if hf.get("model_type", "phi") != "phi":
-            raise ValueError(f"config has model_type {hf.get('model_type')!r}; this workbench loads "
+            raise InputError(f"{where} has model_type {hf.get('model_type')!r}; this workbench loads "
                              "Phi checkpoints (model_type 'phi') only")
+        missing = [k for k in REQUIRED_HF_KEYS if k not in hf]
+        if missing:
+            raise InputError(
+                f"{where} has no {', '.join(missing)}: a Phi config.json needs {', '.join(REQUIRED_HF_KEYS)}; "
+                "it looks cut short or is not a Phi config, so save or download the checkpoint again")
         rope = hf.get("rope_parameters") or {}
-        # Original phi-2 config.json: top level; transformers 5: nested under rope_parameters.
-        prf = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
-        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-        kv = hf.get("num_key_value_heads")
-        if kv not in (None, hf["num_attention_heads"]):
-            raise ValueError("grouped-query attention (num_key_value_heads != num_attention_heads) "
-                             "is not part of the Phi-2 architecture")
-        if hf.get("qk_layernorm"):
-            raise ValueError("qk_layernorm=True is not part of the Phi-2 architecture")
-        if hf.get("hidden_act", "gelu_new") != "gelu_new":
-            raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported; Phi uses gelu_new")
         eos = hf.get("eos_token_id")
-        return cls(
-            d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"], d_mlp=hf["intermediate_size"],
-            d_vocab=hf["vocab_size"], n_ctx=hf.get("max_position_embeddings", 2048),
-            partial_rotary_factor=float(prf), rope_theta=float(theta),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=eos[0] if isinstance(eos, list) else eos,
-            initializer_range=hf.get("initializer_range", 0.02),
-            name=hf.get("_name_or_path") or "custom",
-        )
+        values = {
+            "d_model": hf["hidden_size"], "n_layers": hf["num_hidden_layers"],
+            "n_heads": hf["num_attention_heads"], "d_mlp": hf["intermediate_size"],
+            "d_vocab": hf["vocab_size"], "n_ctx": hf.get("max_position_embeddings", 2048),
+            # Original phi-2 config.json: top level; transformers 5: nested under rope_parameters.
+            "partial_rotary_factor": rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5)),
+            "rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+            "layer_norm_eps": hf.get("layer_norm_eps", 1e-5),
+            "bos_token_id": hf.get("bos_token_id"),
+            "eos_token_id": eos[0] if isinstance(eos, list) and eos else eos,
+            "initializer_range": hf.get("initializer_range", 0.02),
+            "name": hf.get("_name_or_path") or "custom",
+        }
+        problems = field_problems(values)
+        if problems:
+            raise InputError(f"{where}: " + "; ".join(f"{HF_KEYS.get(k, k)} {what}" for k, what in problems)
+                             + "; fix the file or save the checkpoint again")
+        _check_architecture(hf, where)
+        try:
+            return cls(**values)
+        except InputError as e:   # sizes that do not fit together (heads, rotary width)
+            raise InputError(f"{where}: {e}") from None
 
     def to_hf(self) -> dict:
         """An HF ``config.json`` dict that ``transformers.PhiConfig`` reads (old and new style)."""
@@ -148,11 +164,14 @@ class PhiConfig:
                 if f.init and f.name not in RUNTIME_FIELDS}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PhiConfig":
-        init = {f.name for f in dataclasses.fields(cls) if f.init} - RUNTIME_FIELDS
+    def from_dict(cls, d: Mapping) -> "PhiConfig":
+        """From ``to_dict()``'s output (derived fields are accepted and recomputed)."""
+        if not isinstance(d, Mapping):
+            raise InputError(f"a PhiConfig dict must be a mapping of field names to values, got {type(d).__name__}")
+        init = _configurable_fields()
         unknown = set(d) - init - {"d_head", "rotary_dim"}
         if unknown:
-            raise ValueError(f"unknown PhiConfig fields {sorted(unknown)}; valid: {sorted(init)}")
+            raise InputError(f"unknown PhiConfig fields {sorted(unknown)}; valid: {sorted(init)}")
         return cls(**{k: v for k, v in d.items() if k in init})
 
     def n_params(self) -> int:
@@ -164,6 +183,91 @@ class PhiConfig:
 
 # Fields that say how a model runs, not what it is: left out of to_dict() and saved configs.
 RUNTIME_FIELDS = frozenset({"device", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in"})
+
+
+def _configurable_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(PhiConfig) if f.init} - RUNTIME_FIELDS
+
+
+# -- validation: one set of rules, worded with our field names or HF's config.json keys ---------
+SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "d_mlp", "d_vocab", "n_ctx")    # integers >= 1
+# name -> (lowest, highest, whether the lowest is allowed)
+FLOAT_RULES: dict[str, tuple[float, float, bool]] = {
+    "partial_rotary_factor": (0.0, 1.0, True),
+    "rope_theta": (0.0, math.inf, False),
+    "layer_norm_eps": (0.0, math.inf, True),
+    "initializer_range": (0.0, math.inf, True),
+}
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id")                                   # None or integers >= 0
+HF_KEYS = {"d_model": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+           "d_mlp": "intermediate_size", "d_vocab": "vocab_size", "n_ctx": "max_position_embeddings",
+           "name": "_name_or_path"}
+REQUIRED_HF_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, what is wrong)`` for each value of ``values`` that breaks PhiConfig's rules."""
+    problems = []
+    for name in SIZE_FIELDS:
+        v = values.get(name)
+        if not _is_int(v) or v < 1:
+            problems.append((name, f"must be a positive integer, got {v!r}"))
+    for name, (low, high, low_ok) in FLOAT_RULES.items():
+        v = values.get(name)
+        ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and \
+            (v >= low if low_ok else v > low) and v <= high
+        if not ok:
+            bound = f"{'at least' if low_ok else 'above'} {low:g}" + (f" and at most {high:g}" if high < math.inf else "")
+            problems.append((name, f"must be a number {bound}, got {v!r}"))
+    for name in TOKEN_FIELDS:
+        v = values.get(name)
+        if v is not None and (not _is_int(v) or v < 0):
+            problems.append((name, f"must be a token id (an integer >= 0) or null, got {v!r}"))
+    if not isinstance(values.get("name"), str):
+        problems.append(("name", f"must be a string, got {values.get('name')!r}"))
+    return problems
+
+
+def _read_hf_config(source: Union[str, Path, Mapping]) -> tuple[dict, str]:
+    """The config dict and how to name it in messages (its path, or "config dict")."""
+    if not isinstance(source, (str, Path)):
+        if not isinstance(source, Mapping):
+            raise InputError(f"an HF config must be a path or a dict, got {type(source).__name__}")
+        return dict(source), "config dict"
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise MissingFileError(f"no config.json at {path}: pass an HF-format checkpoint folder")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFileError(f"{path} is not valid JSON ({e}); the file is damaged or cut short: "
+                               "save or download the checkpoint again") from None
+    if not isinstance(hf, dict):
+        raise InputError(f"{path} holds a JSON {type(hf).__name__}, not an object of config keys; "
+                         "pass the config.json of an HF-format Phi checkpoint")
+    return hf, str(path)
+
+
+def _check_architecture(hf: Mapping, where: str) -> None:
+    """Refuse Phi variants this model does not implement."""
+    kv = hf.get("num_key_value_heads")
+    if kv not in (None, hf["num_attention_heads"]):
+        raise InputError(f"{where}: grouped-query attention (num_key_value_heads {kv!r} != "
+                         f"num_attention_heads {hf['num_attention_heads']!r}) is not part of the Phi-2 architecture")
+    if hf.get("qk_layernorm"):
+        raise InputError(f"{where}: qk_layernorm=True is not part of the Phi-2 architecture")
+    if hf.get("hidden_act", "gelu_new") != "gelu_new":
+        raise InputError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported; Phi uses gelu_new")
+    rope = hf.get("rope_parameters") or {}
+    if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        raise InputError(f"{where}: rotary scaling ({hf.get('rope_scaling') or rope.get('rope_type')!r}) "
+                         "is not implemented here; only Phi's default rotary embeddings load exactly")
 
 # Exact HF numbers for the published models; small ones for experiments and tests.
 PRESETS: dict[str, dict] = {

@@ -9,6 +9,7 @@ a hook asks for them; otherwise the fused kernels run.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from workbench.hooks import HookedRootModule, HookPoint
 
+from . import hf_format
 from .config import PhiConfig
 from .kv_cache import KVCache
 from .rotary import apply_rotary, rotary_cos_sin
@@ -407,17 +409,25 @@ class PhiModel(HookedRootModule):
     def to_string(self, tokens) -> Union[str, list[str]]:
         return self._need_tokenizer().to_string(tokens)
 
+    # The training run folder a loaded checkpoint belongs to (set by from_pretrained), else None.
+    run_dir: Optional[Path] = None
+
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str, dtype: Optional[torch.dtype] = None,
-                        device: Optional[Union[str, torch.device]] = None, **kwargs) -> "PhiModel":
-        """Load an HF-format Phi checkpoint (folder or hub id). See ``checkpoint.load_pretrained``."""
-        from .hf_format import load_pretrained
-        return load_pretrained(path_or_hub_id, dtype=dtype, device=device, **kwargs)
+    def from_pretrained(cls, path_or_hub_id: Union[str, Path], dtype: Optional[Union[torch.dtype, str]] = None,
+                        device: Optional[Union[str, torch.device]] = None) -> "PhiModel":
+        """Load an HF-format Phi checkpoint: a folder, a training run folder, or a hub id.
+
+        Holds one copy of the weights while loading (each tensor is read straight into its
+        final dtype and device). ``dtype`` defaults to float32. A training run folder loads
+        its newest ``checkpoints/step_*``; then, and for a checkpoint folder inside a run,
+        ``model.run_dir`` is that run folder's absolute Path (else None). Bad files raise
+        ``workbench.errors`` types that name the file. See ``hf_format.load_pretrained``.
+        """
+        return hf_format.load_pretrained(path_or_hub_id, model_cls=cls, dtype=dtype, device=device)
 
     def save_pretrained(self, directory, max_shard_size: Optional[int] = None) -> None:
         """Write HF-format ``config.json`` + safetensors that ``transformers`` loads."""
-        from .hf_format import save_pretrained
-        save_pretrained(self, directory, max_shard_size=max_shard_size)
+        hf_format.save_pretrained(self, directory, max_shard_size=max_shard_size)
 
     @torch.no_grad()
     def generate(self, input, max_new_tokens: int = 20, temperature: float = 1.0,

@@ -10,6 +10,8 @@ from typing import Iterable, Optional, Union
 
 import torch
 
+from workbench.errors import DamagedFileError, MissingFileError
+
 
 class Tokenizer:
     def __init__(self, tok, bos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None) -> None:
@@ -24,8 +26,12 @@ class Tokenizer:
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no tokenizer.json at {path}")
-        tok = HFTokenizer.from_file(str(path))
+            raise MissingFileError(f"no tokenizer.json at {path}")
+        try:
+            tok = HFTokenizer.from_file(str(path))
+        except Exception as e:   # tokenizers raises a bare Exception for a cut-short or garbage file
+            raise DamagedFileError(f"{path} is not a readable tokenizer.json ({str(e).strip()[:200]}); "
+                                   "the file is damaged or cut short: save or download it again") from None
         if bos_token_id is None:
             bos_token_id = tok.token_to_id("<|endoftext|>")
         return cls(tok, bos_token_id=bos_token_id)
