@@ -87,9 +87,11 @@ def test_a_run_and_a_model_loaded_from_it_use_the_runs_task(tmp_path, capsys):
         warnings.simplefilter("ignore", UserWarning)
         from_path = detect_heads(run, n_seqs=4)
         model = PhiModel.from_pretrained(run)
-        model.run_dir = run                       # what loading a run folder sets
+        assert model.run_dir == run.resolve()     # loading a run folder remembers the run
         from_model = detect_heads(model, n_seqs=4)
-        default = detect_heads(PhiModel.from_pretrained(run), n_seqs=4, verbose=False)
+        plain = PhiModel.from_pretrained(run)
+        plain.run_dir = None                      # a model that knows no run
+        default = detect_heads(plain, n_seqs=4, verbose=False)
     assert from_path.attrs["task"] == from_model.attrs["task"] == task.for_model(model.cfg)
     assert "period 5" in capsys.readouterr().out and "config.toml" in from_path.attrs["note"]
     tokens = task.model_tokens(model, 4)                                  # ids < 16 after the BOS
