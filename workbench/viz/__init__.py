@@ -5,6 +5,8 @@ Every function returns a figure with ``_repr_html_`` (shows in Jupyter) and
 page with the ~1.3 MB circuitsvis bundle inlined once. See docs/viz.md.
 """
 from .attention import attention_heads, attention_patterns, layer_attention, layer_pattern
+from .circuit_graph import CircuitGraph, circuit_graph
+from .heatmap import Heatmap, heatmap, patching_heatmap
 from .html import CircuitsVisWidget, Figure, Page, circuitsvis_bundle, configure, escape_token
 from .plots import LineChart, head_scores_chart, line_chart, metrics_chart, nice_ticks
 from .tokens import ColoredTokens, colored_tokens, colored_tokens_multi, logit_lens_tokens
@@ -12,4 +14,5 @@ from .tokens import ColoredTokens, colored_tokens, colored_tokens_multi, logit_l
 __all__ = ["attention_heads", "attention_patterns", "layer_attention", "layer_pattern", "CircuitsVisWidget",
            "Figure", "Page", "circuitsvis_bundle", "configure", "escape_token", "LineChart", "line_chart",
            "metrics_chart", "nice_ticks", "ColoredTokens", "colored_tokens", "colored_tokens_multi",
-           "head_scores_chart", "logit_lens_tokens"]
+           "head_scores_chart", "logit_lens_tokens", "CircuitGraph", "circuit_graph", "Heatmap", "heatmap",
+           "patching_heatmap"]

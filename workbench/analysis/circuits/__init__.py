@@ -9,8 +9,10 @@
 from .eap import METHODS, edge_attribution
 from .evaluate import (MIB_FRACTIONS, exact_edge_effects, faithfulness, faithfulness_curve,
                        faithfulness_of_masks, make_baseline)
+from .find import find_circuit
 from .graph import Edge, FaithfulnessCurve, Graph, Layout, prune_edges
+from .steps import circuits_across_steps, list_checkpoints
 
-__all__ = ["Edge", "FaithfulnessCurve", "Graph", "Layout", "METHODS", "MIB_FRACTIONS", "edge_attribution",
-           "exact_edge_effects", "faithfulness", "faithfulness_curve", "faithfulness_of_masks", "make_baseline",
-           "prune_edges"]
+__all__ = ["Edge", "FaithfulnessCurve", "Graph", "Layout", "METHODS", "MIB_FRACTIONS", "circuits_across_steps",
+           "edge_attribution", "exact_edge_effects", "faithfulness", "faithfulness_curve", "faithfulness_of_masks",
+           "find_circuit", "list_checkpoints", "make_baseline", "prune_edges"]
