@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         check: int = typer.Option(20, help="Check this many of the best edges by exact patching."),
         period: Optional[int] = typer.Option(None, help="Induction: period of the repeated block (default: the run's probes)."),
         alphabet: Optional[int] = typer.Option(None, help="Induction: token ids below this (default: the run's probes)."),
+        step: Optional[int] = typer.Option(None, "--step", help="A run: analyse the checkpoint of this training step."),
         across_steps: bool = typer.Option(False, "--across-steps",
                                           help="A run: one circuit per saved checkpoint, with a step slider."),
         max_steps: int = typer.Option(12, help="With --across-steps: at most this many checkpoints, spread over the run."),
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         Example: workbench circuit runs/default --task induction --out circuit.html
         """
         run_circuit(model, task, method, out, json_out, edges, target, steps, prompts, seed, check, period,
-                    alphabet, across_steps, max_steps, device, progress)
+                    alphabet, step, across_steps, max_steps, device, progress)
 
 
 def _check_options(method: str, out: Optional[Path], json_out: Optional[Path], edges: Optional[int], target: float,
@@ -50,8 +51,6 @@ def _check_options(method: str, out: Optional[Path], json_out: Optional[Path], e
     for p in (out, json_out):
         if p is not None and p.is_dir():
             raise InputError(f"{p} is a folder; pass a file name such as {p / 'circuit.html'}")
-    if out is None and json_out is None:
-        typer.echo("note: no --out or --json given; printing the summary only", err=True)
     if edges is not None and edges < 1:
         raise InputError(f"--edges must be at least 1, got {edges}")
     if not 0 < target <= 1.5:
@@ -63,13 +62,16 @@ def _check_options(method: str, out: Optional[Path], json_out: Optional[Path], e
 def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out: Optional[Path] = None,
                 json_out: Optional[Path] = None, edges: Optional[int] = None, target: float = 0.8, steps: int = 5,
                 prompts: int = 16, seed: int = 1, check: int = 20, period: Optional[int] = None,
-                alphabet: Optional[int] = None, across_steps: bool = False, max_steps: int = 12,
-                device: str = "cpu", progress: bool = True) -> None:
+                alphabet: Optional[int] = None, step: Optional[int] = None, across_steps: bool = False,
+                max_steps: int = 12, device: str = "cpu", progress: bool = True) -> None:
     """The body of ``workbench circuit``."""
     _check_options(method, out, json_out, edges, target, steps, prompts)
     run_dir = Path(model) if (Path(model) / "checkpoints").is_dir() else None
-    if across_steps and run_dir is None:
-        raise InputError(f"--across-steps needs a training run folder (with checkpoints/), got {model}")
+    if (across_steps or step is not None) and run_dir is None:
+        raise InputError(f"--{'across-steps' if across_steps else 'step'} needs a training run folder "
+                         f"(with checkpoints/), got {model}")
+    if across_steps and step is not None:
+        raise InputError("pass --step (one checkpoint) or --across-steps (all of them), not both")
 
     import torch
 
@@ -80,13 +82,18 @@ def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out
 
     if not Path(model).exists() and "/" not in model:
         raise MissingFileError(f"{model} does not exist (a run folder, a checkpoint folder, or a hub id like org/name)")
-    phi = PhiModel.from_pretrained(model, device=device).eval()
+    source = model
+    if step is not None:
+        from workbench.analysis.circuits.steps import pick_steps
+        source = pick_steps(run_dir, [step])[step]
+    phi = PhiModel.from_pretrained(source, device=device).eval()
     _set_threads(phi, device)
     spec = circuit_task(task, phi, run_dir=run_dir, n_prompts=prompts, seed=seed, period=period, vocab_size=alphabet)
     kwargs = dict(method=method, steps=steps, n_edges=edges, target=target, check=check)
     with torch.no_grad():
         clean, corrupted = (float(spec.metric(phi(t.to(phi.device)))) for t in (spec.clean_tokens, spec.corrupted_tokens))
-    typer.echo(f"model   {model}: {phi.cfg.n_layers} layers x {phi.cfg.n_heads} heads on {device}")
+    where = f" (step {step})" if step is not None else ""
+    typer.echo(f"model   {model}{where}: {phi.cfg.n_layers} layers x {phi.cfg.n_heads} heads on {device}")
     typer.echo(f"task    {spec.name}: {spec.description}")
     typer.echo(f"metric  {spec.metric_name}: clean {clean:.4g}, corrupted {corrupted:.4g}")
     typer.echo(f"method  {method.upper()}" + (f" ({steps} steps)" if method == "eap-ig" else ""))
@@ -97,6 +104,8 @@ def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out
         final = graphs[-1]
     else:
         final = _with_bar(progress, lambda cb: find_circuit(phi, spec, progress=cb, **kwargs))
+        if step is not None:
+            final.metadata["step"] = step
         graphs = [final]
     _summary(final)
     if json_out is not None:
@@ -110,6 +119,8 @@ def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out
     if out is not None:
         circuit_graph(graphs, head_scores=head_scores).save(out, title=f"{spec.name} circuit: {model}")
         typer.echo(f"wrote   {out} (open it in a browser; it needs no network)")
+    if out is None and json_out is None:
+        typer.echo("(no --out or --json given: nothing written)")
 
 
 def _set_threads(phi, device: str) -> None:
@@ -146,7 +157,9 @@ def _across_steps(run_dir: Path, spec, device: str, max_steps: int, progress: bo
         bar.n = i
         bar.set_description(f"checkpoint step {step}", refresh=True)
     try:
-        graphs = circuits_across_steps(run_dir, spec, max_steps=max_steps, device=device, on_step=on_step, **kwargs)
+        find_kwargs = {k: v for k, v in kwargs.items() if k != "steps"}
+        graphs = circuits_across_steps(run_dir, spec, max_steps=max_steps, device=device, on_step=on_step,
+                                       ig_steps=kwargs["steps"], **find_kwargs)
     finally:
         bar.close()
     for g in graphs:

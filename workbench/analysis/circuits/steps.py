@@ -61,7 +61,7 @@ def _short(steps: list[int]) -> str:
 
 
 def circuits_across_steps(run: Union[str, Path], task, steps: Optional[Sequence[int]] = None,
-                          max_steps: Optional[int] = None, device=None,
+                          max_steps: Optional[int] = None, device=None, ig_steps: int = 5,
                           on_step: Optional[Callable[[int, int, int], None]] = None, **find_kwargs) -> list[Graph]:
     """``find_circuit`` at each checkpoint of ``run``: one ``Graph`` per step, ``graph.metadata["step"]`` set.
 
@@ -70,6 +70,7 @@ def circuits_across_steps(run: Union[str, Path], task, steps: Optional[Sequence[
             (``workbench.tasks.run_induction_params``).
         steps: the steps to analyse (each must have a checkpoint); default all, or ``max_steps``
             of them spread over the run.
+        ig_steps: EAP-IG's integration steps (``find_circuit``'s ``steps``; here ``steps`` are training steps).
         on_step: ``on_step(step, index, count)`` before each step (progress).
         find_kwargs: passed to ``find_circuit`` (``method``, ``n_edges``, ``target`` ...).
     """
@@ -87,7 +88,7 @@ def circuits_across_steps(run: Union[str, Path], task, steps: Optional[Sequence[
         if on_step is not None:
             on_step(step, i, len(chosen))
         model = PhiModel.from_pretrained(folder, device=device).eval()
-        graph = find_circuit(model, task, **find_kwargs)
+        graph = find_circuit(model, task, steps=ig_steps, **find_kwargs)
         graph.metadata["step"] = step
         graphs.append(graph)
         del model

@@ -94,7 +94,7 @@
     var py = function (y) { return t + (1 - (y - y0) / (y1 - y0)) * (h - t - b); };
     svg("rect", { x: l, y: t, width: w - l - r, height: h - t - b, fill: "none", stroke: "#999" }, s);
     [y0, (y0 + y1) / 2, y1].forEach(function (v) {
-      svg("text", { x: l - 4, y: py(v) + 3, "text-anchor": "end" }, s).textContent = fmt(v).replace(/0+$/, "").replace(/\.$/, "");
+      svg("text", { x: l - 4, y: py(v) + 3, "text-anchor": "end" }, s).textContent = String(Number(v.toPrecision(2)));
     });
     var xt = spec.logx ? [x0, x1].map(function (v) { return Math.round(Math.pow(10, v) - 1); }) : [spec.xmin !== undefined ? spec.xmin : x0, x1];
     xt.forEach(function (v, i) {
