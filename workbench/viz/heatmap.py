@@ -63,12 +63,13 @@ class Heatmap(Figure):
         bottom = (12 + 6 * min(max((len(s) for s in self.x_labels), default=1), 16) if rotate else 22) + 22
         legend_w = 90
         w, h = left + cols * cw + legend_w, top + rows * ch + bottom
+        w = max(w, int(7.5 * len(self.title)) + 20)         # room for the title
         span = float(np.max(np.abs(self.values - self.center))) or 1.0
         out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
                'font-family="sans-serif" font-size="11" class="workbench-heatmap">',
                f'<rect width="{w}" height="{h}" fill="white"/>']
         if self.title:
-            out.append(f'<text x="{left + cols * cw / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
+            out.append(f'<text x="{w / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
                        f'font-weight="bold">{html.escape(self.title)}</text>')
         for i in range(rows):
             for j in range(cols):

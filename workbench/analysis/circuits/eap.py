@@ -85,6 +85,7 @@ def scores_from_runs(model, clean_tokens: torch.Tensor, clean: Capture, corrupte
         embed = corrupted.writers[0] + alpha * (clean.writers[0] - corrupted.writers[0])
         step = capture(model, clean_tokens, metric, grad=True, embed=embed)
         add_edge_scores(model, scores, deltas, step, 1.0 / n_steps, progress)
+        del step                                               # one step's gradients alive at a time
     graph.scores = torch.where(graph.layout.valid, scores, graph.scores)
     graph.metadata.update({"method": method, "steps": n_steps if method == "eap-ig" else None,
                            "clean_metric": clean.metric, "corrupted_metric": corrupted.metric})
