@@ -4,7 +4,8 @@
   python bench/bench_circuits.py tl     [--preset small --batch 4 --pos 32 --repeats 3]
   python bench/bench_circuits.py exact  [--preset mid --batch 8 --pos 64 --edges 100 --repeats 3]
   python bench/bench_circuits.py memory [--preset mid --batch 8 --pos 64]
-  python bench/bench_circuits.py all    (the four above with their defaults)
+  python bench/bench_circuits.py tasks  [--run runs/default]
+  python bench/bench_circuits.py all    (eap, tl, exact and memory with their defaults)
 
 eap:    EAP over every edge, and EAP-IG with k steps, against one clean forward + backward of the
         same batch (metric.backward(), the usual training-style pass), interleaved, medians of ratios.
@@ -16,6 +17,9 @@ tl:     ours vs TransformerLens 4.3's attribution patching on its TransformerBri
         those into MLPs; ours scores all edges. Goal: ours <= 0.5x TL.
 exact:  exact patching of the top --edges edges (batched), per edge vs one forward (no grad).
 memory: peak RSS above the loaded model, each computation in its own process.
+tasks:  not a timing: the circuits the docs report. The induction circuit of --run (default
+        runs/default) by each method, with its K-composition edges; and IOI on the small model
+        tests/test_circuits_ioi.py trains (the same code, imported).
 """
 from __future__ import annotations
 
@@ -181,11 +185,46 @@ def _mem(a) -> None:
           f"({before:,.0f} MiB)")
 
 
+def bench_tasks(a) -> None:
+    from workbench import PhiModel
+    from workbench.analysis.circuits import find_circuit
+    from workbench.analysis.heads import detect_heads
+    from workbench.tasks import induction_task, ioi_task, run_induction_params
+    run = Path(a.run)
+    if (run / "activations.h5").is_file():
+        model = PhiModel.from_pretrained(run).eval()
+        task = induction_task(**run_induction_params(run))
+        heads = detect_heads(model, task.clean_tokens, period=task.params["period"], offset=1)
+        prev = heads[heads.layer == 0].sort_values("previous_token").iloc[-1]
+        ind = heads[heads.layer == model.cfg.n_layers - 1].sort_values("induction").iloc[-1]
+        print(f"{run}: {task.description}")
+        print(f"  previous-token head a0.h{int(prev['head'])} ({prev.previous_token:.3f}), induction head "
+              f"a{int(ind.layer)}.h{int(ind['head'])} ({ind.induction:.3f})")
+        for method in ("eap", "eap-ig", "exact"):
+            g = find_circuit(model, task, method=method)
+            k = [e for e in g.circuit_edges() if e.startswith("a0.") and e.endswith("<k>")]
+            kept = int(g.in_graph.sum())
+            print(f"  {method:6s}: {kept} of {g.n_edges} edges ({100 * kept / g.n_edges:.1f}%), faithfulness "
+                  f"{g.faithfulness:.3f}, area {g.curve.area:.3f}; K-composition edges in it: {k}")
+    else:
+        print(f"{run} has no recording: skipping the induction circuit (train it: workbench train --out {run})")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_circuits_ioi import TEMPLATE, train_ioi_model
+    t, (model, tok) = _timed(train_ioi_model)
+    task = ioi_task(tok, 16, seed=7, templates=TEMPLATE)
+    g = find_circuit(model, task, method="eap-ig")
+    kept = int(g.in_graph.sum())
+    print(f"IOI, 2 layers x 2 heads trained {t:.0f} s: logit diff clean {g.metadata['clean_metric']:.2f}, corrupted "
+          f"{g.metadata['corrupted_metric']:.2f}; EAP-IG circuit {kept} of {g.n_edges} edges, faithfulness "
+          f"{g.faithfulness:.3f}, area {g.curve.area:.3f}; top edges {g.circuit_edges()[:5]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     defaults = {"eap": ("mid", 8, 64, 5), "tl": ("small", 4, 32, 3), "exact": ("mid", 8, 64, 3),
-                "memory": ("mid", 8, 64, 1), "_mem": ("mid", 8, 64, 1), "all": ("mid", 8, 64, 3)}
+                "memory": ("mid", 8, 64, 1), "_mem": ("mid", 8, 64, 1), "all": ("mid", 8, 64, 3),
+                "tasks": ("mid", 8, 64, 1)}
     for name, (preset, batch, pos, repeats) in defaults.items():
         s = sub.add_parser(name)
         if name == "_mem":
@@ -196,6 +235,7 @@ def main() -> None:
         s.add_argument("--repeats", type=int, default=repeats)
         s.add_argument("--ig-steps", type=int, default=5)
         s.add_argument("--edges", type=int, default=100)
+        s.add_argument("--run", default="runs/default")
         s.add_argument("--threads", type=int, default=1,
                        help="torch threads (1: other jobs on a 2-core box make OpenMP spin-waits erratic)")
     a = p.parse_args()
@@ -209,7 +249,8 @@ def main() -> None:
             preset, batch, pos, repeats = defaults[name]
             fn(argparse.Namespace(**{**vars(a), "preset": preset, "batch": batch, "pos": pos, "repeats": repeats}))
         return
-    {"eap": bench_eap, "tl": bench_tl, "exact": bench_exact, "memory": bench_memory, "_mem": _mem}[a.what](a)
+    {"eap": bench_eap, "tl": bench_tl, "exact": bench_exact, "memory": bench_memory, "_mem": _mem,
+     "tasks": bench_tasks}[a.what](a)
 
 
 if __name__ == "__main__":

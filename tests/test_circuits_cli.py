@@ -69,6 +69,7 @@ def test_one_checkpoint_by_step(run, tmp_path, capsys):
     (["--step", "7"], "step 7 has no checkpoint"),
     (["--task", "nonsense"], "unknown task 'nonsense'"),
     (["--across-steps", "--step", "5"], "not both"),
+    (["--task", "ioi"], "cannot build IOI prompts"),
 ])
 def test_bad_options_are_one_line(run, capsys, args, needle):
     code, out, err = cli(capsys, "circuit", run, *args, "--no-progress")

@@ -229,3 +229,16 @@ def test_float32_model_scores_match_float64(model):
     got = edge_attribution(small, clean, corrupted, metric).scores
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-3, equal_nan=True)
     assert isinstance(Graph.from_json(edge_attribution(small, clean, corrupted, metric).to_json()), Graph)
+
+
+def test_find_circuit_with_mean_ablation_and_greedy_selection(model):
+    from workbench.analysis.circuits import find_circuit
+    from workbench.tasks import CircuitTask
+    clean, corrupted, metric = task(model)
+    t = CircuitTask("random", clean, corrupted, metric, "mean log-prob of fixed targets", "random prompts")
+    g = find_circuit(model, t, method="eap", selection="greedy", ablation="mean", check=3, n_edges=12)
+    assert g.curve.values[0] == pytest.approx(0.0, abs=1e-9) and g.curve.values[-1] == pytest.approx(1.0, abs=1e-9)
+    assert 0 < int(g.in_graph.sum()) <= 12 and g.metadata["ablation"] == "mean"
+    assert int(torch.isfinite(g.exact).sum()) == 3
+    mask = g.in_graph.clone()
+    assert g.faithfulness == pytest.approx(faithfulness(model, clean, corrupted, metric, mask, ablation="mean"), abs=1e-9)

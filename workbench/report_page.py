@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from workbench import viz
+from workbench.analysis.circuits import circuits_across_steps, list_checkpoints
+from workbench.analysis.heads import scores_across_steps
+from workbench.store import ActivationStore
 from workbench.viz.html import Figure
 
 
@@ -28,8 +31,6 @@ class Note(Figure):
 
 def _induction_table(run_dir: Path):
     """``scores_across_steps`` of the run's recording, or ``(None, why)``."""
-    from workbench.analysis.heads import scores_across_steps
-    from workbench.store import ActivationStore
     rec = run_dir / "activations.h5"
     if not rec.is_file():
         return None, "the run has no recording (activations.h5)"
@@ -44,7 +45,6 @@ def _induction_table(run_dir: Path):
 
 def _strongest_head_attention(run_dir: Path, table) -> Figure:
     """``attention_heads`` of the head with the highest induction score at the last recorded step."""
-    from workbench.store import ActivationStore
     last = table[table.step == table.step.max()]
     best = last.sort_values("induction").iloc[-1]
     layer, head, step = int(best.layer), int(best["head"]), int(best.step)
@@ -56,7 +56,6 @@ def _strongest_head_attention(run_dir: Path, table) -> Figure:
 def build_report(run_dir: Union[str, Path], circuit_steps: int = 8, method: str = "eap-ig",
                  on_step: Optional[Callable[[int, int, int], None]] = None) -> viz.Page:
     """The report page of ``run_dir``; ``circuit_steps`` checkpoints (spread over the run) get a circuit."""
-    from workbench.analysis.circuits import circuits_across_steps, list_checkpoints
     run_dir = Path(run_dir)
     parts: list[Figure] = [Note(f"Training run {run_dir.name}", str(run_dir.resolve()))]
     parts += [Note("Loss"), viz.metrics_chart(run_dir, keys=("loss", "val_loss"), title="training and validation loss")]

@@ -9,11 +9,14 @@ All generators are deterministic given ``seed``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
+from workbench.analysis.metrics import make_logit_diff_metric
 from workbench.errors import InputError, MissingFileError
 
 
@@ -351,8 +354,8 @@ def run_induction_params(run_dir) -> dict:
     ``probe_vocab_size``, else the training config's ``data.synthetic_vocab_size`` capped at the
     model's vocabulary) and its stored probe tokens (the BOS is their first column).
     """
-    from pathlib import Path
-
+    # Imported here, not at the top: the store (h5py) adds ~0.4 s to `import workbench.tasks` (measured
+    # with python -X importtime), which the prompt generators above do not need.
     from workbench.store import ActivationStore
     path = Path(run_dir) / "activations.h5"
     if not path.is_file():
@@ -377,7 +380,6 @@ def run_induction_params(run_dir) -> dict:
 
 def ioi_task(tokenizer, n_prompts: int = 16, seed: int = 0, corruption: str = "abc", **kwargs) -> CircuitTask:
     """IOI name pairs (``ioi_prompts``) with the logit difference (indirect object - subject) at the last position."""
-    from workbench.analysis.metrics import make_logit_diff_metric
     ds = ioi_prompts(tokenizer, n_prompts, seed=seed, corruption=corruption, **kwargs)
     toks = tokenizer.to_str_tokens(ds.clean_tokens[0]) if hasattr(tokenizer, "to_str_tokens") else None
     return CircuitTask("ioi", ds.clean_tokens, ds.corrupted_tokens, make_logit_diff_metric(ds.answer_tokens),
@@ -393,10 +395,6 @@ def jsonl_task(path, tokenizer=None) -> CircuitTask:
     have one token length. ``answer``/``wrong`` are single tokens (text or an id); the metric is the
     mean logit difference ``answer - wrong`` at the last position.
     """
-    import json
-    from pathlib import Path
-
-    from workbench.analysis.metrics import make_logit_diff_metric
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no task file at {path}")
@@ -450,7 +448,6 @@ def circuit_task(spec: str, model, run_dir=None, n_prompts: int = 16, seed: int 
     ``period``/``vocab_size`` are given; without a run it defaults to period 16 over the whole
     vocabulary (without the BOS). IOI needs the model's tokenizer.
     """
-    from pathlib import Path
     tokenizer = getattr(model, "tokenizer", None)
     if spec == "induction":
         params = run_induction_params(run_dir) if run_dir is not None and period is None and vocab_size is None else {}

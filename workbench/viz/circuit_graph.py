@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .html import Figure, script_json, to_numpy
+from .plots import _table_to_array
 
 STATIC = Path(__file__).parent / "static"
 
@@ -64,7 +65,6 @@ def _head_curve(head_scores: Any, top: int = 3) -> Optional[dict]:
         return None
     label = "induction score"
     if hasattr(head_scores, "columns"):
-        from .plots import _table_to_array
         steps, arr = _table_to_array(head_scores, "induction")
     else:
         steps, arr = head_scores

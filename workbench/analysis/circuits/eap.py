@@ -83,7 +83,7 @@ def scores_from_runs(model, clean_tokens: torch.Tensor, clean: Capture, corrupte
     for k in range(1, n_steps):
         alpha = k / n_steps
         embed = corrupted.writers[0] + alpha * (clean.writers[0] - corrupted.writers[0])
-        step = capture(model, clean_tokens, metric, grad=True, embed=embed)
+        step = capture(model, clean_tokens, metric, grad=True, embed=embed, writers=False)
         add_edge_scores(model, scores, deltas, step, 1.0 / n_steps, progress)
         del step                                               # one step's gradients alive at a time
     graph.scores = torch.where(graph.layout.valid, scores, graph.scores)

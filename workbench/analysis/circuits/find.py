@@ -19,7 +19,8 @@ from workbench.errors import InputError
 
 from .eap import check_method, scores_from_runs
 from .evaluate import MIB_FRACTIONS, curve_sizes, exact_edge_effects, faithfulness, faithfulness_curve, make_baseline
-from .graph import Graph
+from .graph import Graph, Layout
+from .intervene import Baseline
 from .runs import capture, check_tokens
 
 Progress = Callable[[str, int, int], None]   # (stage, done, total)
@@ -68,7 +69,6 @@ def find_circuit(model, task, method: str = "eap", steps: int = 5, n_edges: Opti
     if n_edges is None and threshold is None and not curve:
         raise InputError("give n_edges or threshold, or compute the curve so the circuit can be chosen by target")
     cfg = model.cfg
-    from .graph import Layout
     total_edges = int(Layout(cfg.n_layers, cfg.n_heads).valid.sum())
     sizes = sorted(set(sizes)) if sizes is not None else default_curve_sizes(total_edges)
     passes = (steps if method == "eap-ig" else 1) * cfg.n_layers if method != "exact" else total_edges
@@ -113,26 +113,25 @@ def find_circuit(model, task, method: str = "eap", steps: int = 5, n_edges: Opti
 
 def _noising(base, corrupted):
     """Exact edge effects always replace with the corrupted run (what EAP estimates), whatever the ablation."""
-    from .intervene import Baseline
     return base if base.replacement is corrupted.writers else Baseline(base.clean_tokens, base.clean,
                                                                         corrupted.writers, base.metric)
 
 
 def _choose(graph: Graph, n_edges: Optional[int], threshold: Optional[float], selection: str, target: float) -> None:
     if n_edges is not None:
-        graph._set(graph.select(selection, n_edges), prune=True)
+        graph.set_circuit(graph.select(selection, n_edges), prune=True)
         graph.metadata["chosen_by"] = f"{selection} {n_edges} edges"
         graph.metadata["requested_edges"] = n_edges if selection == "top_n" else None
     elif threshold is not None:
         unpruned = graph.select("threshold", float(threshold))
-        graph._set(unpruned, prune=True)
+        graph.set_circuit(unpruned, prune=True)
         graph.metadata["chosen_by"] = f"|score| >= {threshold}"
         graph.metadata["requested_edges"] = int(unpruned.sum())     # the same set as the top-n of this size
     else:
         c = graph.curve
         reach = [n for n, v in zip(c.requested, c.values) if v >= target]
         n = reach[0] if reach else c.requested[max(range(len(c.values)), key=lambda i: c.values[i])]
-        graph._set(graph.select(selection, n), prune=True)
+        graph.set_circuit(graph.select(selection, n), prune=True)
         graph.metadata["requested_edges"] = n if selection == "top_n" else None
         graph.metadata["chosen_by"] = (f"smallest {selection} circuit with faithfulness >= {target}" if reach else
                                        f"no circuit reached faithfulness {target}: the most faithful one")

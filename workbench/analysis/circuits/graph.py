@@ -279,11 +279,11 @@ class Graph:
 
     def top_n(self, n: int, absolute: bool = True, prune: bool = True) -> "Graph":
         """Keep the ``n`` highest-scoring edges (then prune); returns ``self``."""
-        return self._set(self.select("top_n", n, absolute), prune)
+        return self.set_circuit(self.select("top_n", n, absolute), prune)
 
     def threshold(self, value: float, absolute: bool = True, prune: bool = True) -> "Graph":
         """Keep the edges whose score (``|score|`` by default) is at least ``value``; returns ``self``."""
-        return self._set(self.select("threshold", value, absolute), prune)
+        return self.set_circuit(self.select("threshold", value, absolute), prune)
 
     def greedy(self, n: int, absolute: bool = True, prune: bool = True) -> "Graph":
         """Grow the circuit from the logits: repeatedly add the best edge into a node already in it.
@@ -291,7 +291,7 @@ class Graph:
         Starts with ``logits``; each step takes the highest-scoring edge whose reader's node is in
         the circuit and adds that edge and its writer. ``n`` steps; returns ``self``.
         """
-        return self._set(self.select("greedy", n, absolute), prune)
+        return self.set_circuit(self.select("greedy", n, absolute), prune)
 
     def select(self, how: str, n: float, absolute: bool = True, prune: bool = False) -> torch.Tensor:
         """The ``[n_writers, n_readers]`` mask ``top_n`` / ``threshold`` / ``greedy`` would keep,
@@ -338,7 +338,8 @@ class Graph:
             raise InputError(f"the number of edges must be a whole number >= 0, got {n!r}")
         return value
 
-    def _set(self, mask: torch.Tensor, prune: bool) -> "Graph":
+    def set_circuit(self, mask: torch.Tensor, prune: bool = True) -> "Graph":
+        """Make the edges of ``mask`` ``[n_writers, n_readers]`` the circuit (pruned by default); returns ``self``."""
         self.in_graph = prune_edges(self.layout, mask) if prune else mask & self.layout.valid
         self.faithfulness = None
         return self

@@ -71,11 +71,12 @@ def head_outputs(model, layer: int, z: torch.Tensor) -> torch.Tensor:
 
 
 def capture(model, tokens: torch.Tensor, metric: Optional[Metric] = None, grad: bool = False,
-            embed: Optional[torch.Tensor] = None) -> Capture:
+            embed: Optional[torch.Tensor] = None, writers: bool = True) -> Capture:
     """Run ``tokens`` once, recording writers and residuals; with ``grad``, also the metric's
     gradient at each head's q/k/v, each MLP's ``hook_pre`` and the final residual.
 
-    ``embed`` ``[batch, pos, d_model]`` replaces the token embedding (EAP-IG's interpolated inputs).
+    ``embed`` ``[batch, pos, d_model]`` replaces the token embedding (EAP-IG's interpolated inputs);
+    ``writers=False`` skips stacking the writers' outputs (``Capture.writers`` is then empty).
     """
     n = model.cfg.n_layers
     acts: dict[str, torch.Tensor] = {}
@@ -109,12 +110,14 @@ def capture(model, tokens: torch.Tensor, metric: Optional[Metric] = None, grad: 
             found = [torch.zeros_like(t) if g is None else g for g, t in zip(found, targets)]
             grads = {k: [found[4 * i + j] for i in range(n)] for j, k in enumerate(("q", "k", "v", "pre"))}
             grads["final"] = found[-1]
-    with torch.no_grad():
-        writers = [acts["hook_embed"].detach()[None]]
-        for i in range(n):
-            writers += [head_outputs(model, i, acts[f"blocks.{i}.attn.hook_z"].detach()),
-                        acts[f"blocks.{i}.hook_mlp_out"].detach()[None]]
-        stacked = wide(torch.cat(writers))
+    stacked = torch.empty(0)
+    if writers:
+        with torch.no_grad():
+            outs = [acts["hook_embed"].detach()[None]]
+            for i in range(n):
+                outs += [head_outputs(model, i, acts[f"blocks.{i}.attn.hook_z"].detach()),
+                         acts[f"blocks.{i}.hook_mlp_out"].detach()[None]]
+            stacked = wide(torch.cat(outs))
     return Capture(stacked, [acts[f"blocks.{i}.hook_resid_pre"].detach() for i in range(n)],
                    acts[names[-1]].detach(), float(value.detach()), grads)
 

@@ -10,7 +10,11 @@ import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+import torch
+
 from workbench.errors import InputError, MissingFileError
+from workbench.model import PhiModel
+from workbench.tasks import induction_task, run_induction_params
 
 from .find import find_circuit
 from .graph import Graph
@@ -74,10 +78,6 @@ def circuits_across_steps(run: Union[str, Path], task, steps: Optional[Sequence[
         on_step: ``on_step(step, index, count)`` before each step (progress).
         find_kwargs: passed to ``find_circuit`` (``method``, ``n_edges``, ``target`` ...).
     """
-    import torch
-
-    from workbench.model import PhiModel
-    from workbench.tasks import induction_task, run_induction_params
     chosen = pick_steps(run, steps, max_steps)
     if isinstance(task, str):
         if task != "induction":
