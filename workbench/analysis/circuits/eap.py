@@ -55,7 +55,7 @@ def edge_attribution(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.
     """
     if method not in ("eap", "eap-ig"):
         check_method(method, steps)
-        raise InputError(f"edge_attribution computes 'eap' or 'eap-ig'; for exact effects use exact_edge_effects")
+        raise InputError("edge_attribution computes 'eap' or 'eap-ig'; for exact effects use exact_edge_effects")
     check_method(method, steps)
     check_tokens(clean_tokens, corrupted_tokens)
     with torch.no_grad():
