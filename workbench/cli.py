@@ -21,7 +21,7 @@ def _root() -> None:
     """Phi-2 interpretability workbench. Run `workbench VERB --help` for each verb."""
 
 
-COMMANDS = ("demo", "cache", "inspect", "train", "report")
+COMMANDS = ("demo", "cache", "inspect", "train", "report", "circuit")
 
 
 def _register_all() -> None:

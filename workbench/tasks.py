@@ -9,10 +9,15 @@ All generators are deterministic given ``seed``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import torch
+
+from workbench.analysis.metrics import make_logit_diff_metric
+from workbench.errors import InputError, MissingFileError
 
 
 def repeated_random_tokens(n_seqs: int, period: int, n_repeats: int = 2, vocab_size: Optional[int] = None,
@@ -263,3 +268,201 @@ def _encode_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, in
     tok = getattr(tokenizer, "tok", tokenizer)                # workbench Tokenizer or tokenizers.Tokenizer
     enc = tok.encode(text, add_special_tokens=False)
     return list(enc.ids), [tuple(o) for o in enc.offsets]
+
+
+# -- Clean/corrupted tasks for patching and circuits ----------------------------------------------
+@dataclass
+class CircuitTask:
+    """Paired clean and corrupted prompts with a metric: what patching and circuit discovery run on.
+
+    ``clean_tokens``/``corrupted_tokens`` ``[n, pos]`` (paired row by row, one length);
+    ``metric(logits [n, pos, d_vocab]) -> scalar``, higher on the clean run; ``metric_name`` says
+    what it is; ``str_tokens`` is the first clean prompt as strings (for figures); ``params`` the
+    generator's settings (JSON-ready).
+    """
+
+    name: str
+    clean_tokens: torch.Tensor
+    corrupted_tokens: torch.Tensor
+    metric: Callable[[torch.Tensor], torch.Tensor]
+    metric_name: str
+    description: str
+    str_tokens: Optional[list[str]] = None
+    params: dict = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        """JSON-ready description (stored with a circuit)."""
+        return {"name": self.name, "description": self.description, "metric": self.metric_name,
+                "n_prompts": int(self.clean_tokens.shape[0]), "n_positions": int(self.clean_tokens.shape[1]),
+                "prompt": self.str_tokens or [str(t) for t in self.clean_tokens[0].tolist()],
+                "params": self.params}
+
+
+def next_token_logprob_metric(tokens: torch.Tensor, positions: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``metric(logits)``: mean over rows and ``positions`` of log p(the token that follows in ``tokens``)."""
+    pos = torch.as_tensor(list(positions), dtype=torch.long)
+    targets = tokens[:, pos + 1]                                          # [n, len(positions)]
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        logp = logits[:, pos.to(logits.device)].float().log_softmax(-1)   # [n, len(positions), d_vocab]
+        return logp.gather(-1, targets.to(logits.device)[..., None]).mean()
+    return metric
+
+
+def induction_task(n_prompts: int = 16, period: int = 16, n_repeats: int = 2, vocab_size: int = 64,
+                   bos_token_id: Optional[int] = None, seed: int = 1, tokenizer=None) -> CircuitTask:
+    """Repeated random sequences; the corrupted prompt changes every repeat but the last.
+
+    Clean ``[BOS] A A``: in the last repeat an induction head predicts each next token by finding
+    its earlier occurrence. Corrupted ``[BOS] A' A``: ``A'`` is drawn from tokens not in ``A`` (when
+    the alphabet allows), so the last repeat has nothing to copy from. Tokens lie in
+    ``[0, vocab_size)`` (without ``bos_token_id``). Metric: the mean log-probability of the correct
+    next token at the positions of the last repeat that an induction head can predict
+    (``period - 1`` per row), in nats.
+    """
+    if n_repeats < 2:
+        raise InputError(f"induction needs n_repeats >= 2 (something to repeat), got {n_repeats}")
+    clean = repeated_random_tokens(n_prompts, period, n_repeats, vocab_size, seed=seed, bos_token_id=bos_token_id)
+    offset = 0 if bos_token_id is None else 1
+    block = clean[:, offset:offset + period]
+    g = torch.Generator().manual_seed(seed + 104729)
+    corrupted = clean.clone()
+    for i in range(n_prompts):
+        other = torch.tensor([t for t in range(vocab_size) if t != bos_token_id and t not in set(block[i].tolist())])
+        if len(other) == 0:
+            raise InputError(f"vocab_size {vocab_size} leaves no token outside a block of {period}; "
+                             "use a larger alphabet or a shorter period")
+        pick = torch.randperm(len(other), generator=g)[:period] if len(other) >= period else \
+            torch.randint(len(other), (period,), generator=g)
+        corrupted[i, offset:offset + (n_repeats - 1) * period] = other[pick].repeat(n_repeats - 1)
+    last = offset + (n_repeats - 1) * period
+    str_tokens = None
+    if tokenizer is not None:
+        str_tokens = tokenizer.to_str_tokens(clean[0]) if hasattr(tokenizer, "to_str_tokens") else None
+    return CircuitTask("induction", clean, corrupted, next_token_logprob_metric(clean, range(last, last + period - 1)),
+                       "mean log-prob of the correct next token in the last repeat (nats)",
+                       f"{n_prompts} repeated random sequences of period {period} over tokens < {vocab_size}; "
+                       "corrupted: every repeat but the last replaced by other tokens",
+                       str_tokens, {"period": period, "n_repeats": n_repeats, "vocab_size": vocab_size,
+                                    "bos_token_id": bos_token_id, "seed": seed})
+
+
+def run_induction_params(run_dir) -> dict:
+    """``period``, ``n_repeats``, ``vocab_size`` and ``bos_token_id`` of a training run's induction probes.
+
+    Read from the recording's attributes (``probe_period``, ``probe_repeats``, ``probe_offset``,
+    ``probe_vocab_size``, else the training config's ``data.synthetic_vocab_size`` capped at the
+    model's vocabulary) and its stored probe tokens (the BOS is their first column).
+    """
+    # Imported here, not at the top: the store (h5py) adds ~0.4 s to `import workbench.tasks` (measured
+    # with python -X importtime), which the prompt generators above do not need.
+    from workbench.store import ActivationStore
+    path = Path(run_dir) / "activations.h5"
+    if not path.is_file():
+        raise InputError(f"{run_dir} has no recording (activations.h5), so its induction probes are unknown; "
+                         "pass the task's settings instead: induction_task(period=..., vocab_size=...)")
+    with ActivationStore.open(path) as store:
+        a = store.attrs
+        if not a.get("probe_period") or not a.get("probe_repeated_rows"):
+            raise InputError(f"{path} holds no repeated-sequence probes (probe_period / probe_repeated_rows); "
+                             "pass the task's settings instead")
+        offset = int(a.get("probe_offset", 0) or 0)
+        bos = int(store.tokens[0:1][0, 0]) if offset else None
+        d_vocab = int((a.get("model_config") or {}).get("d_vocab", 0)) or None
+        vocab = a.get("probe_vocab_size") or ((a.get("train_config") or {}).get("data") or {}).get(
+            "synthetic_vocab_size") or d_vocab
+    if vocab is None:
+        raise InputError(f"{path} records neither probe_vocab_size nor the model's vocabulary size")
+    vocab = min(int(vocab), d_vocab) if d_vocab else int(vocab)
+    return {"period": int(a["probe_period"]), "n_repeats": int(a.get("probe_repeats", 2)),
+            "vocab_size": vocab, "bos_token_id": bos}
+
+
+def ioi_task(tokenizer, n_prompts: int = 16, seed: int = 0, corruption: str = "abc", **kwargs) -> CircuitTask:
+    """IOI name pairs (``ioi_prompts``) with the logit difference (indirect object - subject) at the last position."""
+    ds = ioi_prompts(tokenizer, n_prompts, seed=seed, corruption=corruption, **kwargs)
+    toks = tokenizer.to_str_tokens(ds.clean_tokens[0]) if hasattr(tokenizer, "to_str_tokens") else None
+    return CircuitTask("ioi", ds.clean_tokens, ds.corrupted_tokens, make_logit_diff_metric(ds.answer_tokens),
+                       "logit difference, indirect object minus subject, at the last position",
+                       f"{n_prompts} IOI prompts ({corruption} corruption)", toks,
+                       {"seed": seed, "corruption": corruption})
+
+
+def jsonl_task(path, tokenizer=None) -> CircuitTask:
+    """A task from a JSONL file, one pair per line: ``{"clean": ..., "corrupted": ..., "answer": ..., "wrong": ...}``.
+
+    ``clean``/``corrupted`` are text (needs ``tokenizer``) or lists of token ids; every pair must
+    have one token length. ``answer``/``wrong`` are single tokens (text or an id); the metric is the
+    mean logit difference ``answer - wrong`` at the last position.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"no task file at {path}")
+    clean, corrupted, answers = [], [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pair = [_task_ids(row[k], tokenizer, f"{path}:{n} {k}") for k in ("clean", "corrupted")]
+            ans = [_task_ids(row[k], tokenizer, f"{path}:{n} {k}") for k in ("answer", "wrong")]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"{path}:{n} is not a task line {{\"clean\", \"corrupted\", \"answer\", \"wrong\"}} "
+                             f"({type(e).__name__}: {e})") from e
+        if len(pair[0]) != len(pair[1]) or (clean and len(pair[0]) != len(clean[0])):
+            want = len(clean[0]) if clean else len(pair[0])
+            raise InputError(f"{path}:{n}: clean and corrupted token lengths differ ({len(pair[0])} and "
+                             f"{len(pair[1])}; earlier lines have {want}): every prompt needs the same number of "
+                             "tokens, since edges compare the runs position by position")
+        if len(ans[0]) != 1 or len(ans[1]) != 1:
+            raise InputError(f"{path}:{n}: answer and wrong must be one token each, got {len(ans[0])} and {len(ans[1])}")
+        clean.append(pair[0])
+        corrupted.append(pair[1])
+        answers.append([ans[0][0], ans[1][0]])
+    if not clean:
+        raise InputError(f"{path} holds no task lines")
+    c = torch.tensor(clean)
+    toks = tokenizer.to_str_tokens(c[0]) if tokenizer is not None and hasattr(tokenizer, "to_str_tokens") else None
+    return CircuitTask(path.stem, c, torch.tensor(corrupted), make_logit_diff_metric(torch.tensor(answers)),
+                       "logit difference, answer minus wrong, at the last position", f"{len(clean)} pairs from {path.name}",
+                       toks, {"file": path.name})
+
+
+def _task_ids(value, tokenizer, where: str) -> list[int]:
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return value
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        if tokenizer is None:
+            raise InputError(f"{where} is text but the model has no tokenizer; give token ids instead")
+        return _encode(tokenizer, value)
+    raise TypeError(f"{where} must be text or token ids, got {type(value).__name__}")
+
+
+def circuit_task(spec: str, model, run_dir=None, n_prompts: int = 16, seed: int = 1,
+                 period: Optional[int] = None, vocab_size: Optional[int] = None) -> CircuitTask:
+    """The task named by ``spec``: ``"induction"``, ``"ioi"`` or a ``.jsonl`` file (see ``jsonl_task``).
+
+    Induction takes its settings from the training run ``run_dir`` (its recording's probes) unless
+    ``period``/``vocab_size`` are given; without a run it defaults to period 16 over the whole
+    vocabulary (without the BOS). IOI needs the model's tokenizer.
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if spec == "induction":
+        params = run_induction_params(run_dir) if run_dir is not None and period is None and vocab_size is None else {}
+        if not params:
+            bos = getattr(model.cfg, "bos_token_id", None)
+            params = {"period": period or 16, "n_repeats": 2, "vocab_size": vocab_size or model.cfg.d_vocab,
+                      "bos_token_id": bos if bos is not None and bos < (vocab_size or model.cfg.d_vocab) else None}
+        return induction_task(n_prompts=n_prompts, seed=seed, tokenizer=tokenizer, **params)
+    if spec == "ioi":
+        if tokenizer is None:
+            raise InputError("--task ioi needs the model's tokenizer (tokenizer.json in the checkpoint folder)")
+        try:
+            return ioi_task(tokenizer, n_prompts=n_prompts, seed=seed)
+        except ValueError as e:
+            raise InputError(f"cannot build IOI prompts with this model's tokenizer: {e}") from e
+    if spec.endswith(".jsonl") or Path(spec).is_file():
+        return jsonl_task(spec, tokenizer)
+    raise InputError(f"unknown task {spec!r}: use induction, ioi, or a .jsonl file of clean/corrupted pairs")
