@@ -7,14 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import TEXT, assert_one_line_error, cli
+from helpers import TEXT, assert_one_line_error, cli, finish, start_cli, wait_for
 from workbench.store import ActivationStore
 
 RESID = "blocks.*.hook_resid_post"
@@ -45,7 +44,7 @@ def test_cache_text_matches_run_with_cache(tiny_checkpoint, tiny_model, docs, tm
     assert code == 0, err
     with ActivationStore.open(out) as s:
         n = len(s)
-        assert "rows x 16 tokens (packed)" in stdout and f"{n:,} rows" in stdout
+        assert "rows x 16 tokens (one document per line, packed)" in stdout and f"{n:,} rows" in stdout
         assert "hooks   3:" in stdout and "output" in stdout and "about" in stdout   # the plan
         assert "done:" in stdout and "tokens/s" in stdout and "MB/s" in stdout          # the summary
         assert set(s.hooks) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post",
@@ -134,7 +133,7 @@ def test_bad_input_gives_one_clear_line(tiny_checkpoint, docs, tmp_path, capsys)
     code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", docs, "-k", "blocks.*.hook_reid_post", "-o", out)
     assert_one_line_error(code, err, "closest valid names", "hook_resid_post")
     code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", tmp_path / "nope.txt", "-k", RESID, "-o", out)
-    assert_one_line_error(code, err, "input file not found")
+    assert_one_line_error(code, err, "input not found")
     (tmp_path / "empty.txt").write_text("")
     code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", tmp_path / "empty.txt", "-k", RESID, "-o", out)
     assert_one_line_error(code, err, "is empty")
@@ -162,38 +161,6 @@ def test_refuses_when_the_disk_lacks_room(tiny_checkpoint, docs, tmp_path, capsy
     assert not (tmp_path / "x.h5").exists()
 
 
-# A `workbench cache` slowed by 50 ms per batch, so a signal reliably lands mid-run.
-_SLOW_CLI = """
-import sys, time
-from workbench.store.writer import StoreWriter
-append = StoreWriter.append
-def slow(self, *a, **k):
-    time.sleep(0.05)
-    return append(self, *a, **k)
-StoreWriter.append = slow
-from workbench.cli import main
-sys.argv = ["workbench", *sys.argv[1:]]
-main()
-"""
-
-
-def _start_and_signal(args, out: Path, sig: int, min_rows: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    deadline, n = time.monotonic() + 60, 0
-    while n < min_rows and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-        try:
-            with ActivationStore.open(out) as s:
-                n = len(s)
-        except (ValueError, OSError):
-            pass   # not created yet
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
 @pytest.fixture(scope="module")
 def ids_npy(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("ids") / "ids.npy"
@@ -205,33 +172,75 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_checkpoint, ids_np
     args = ["cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-k", "blocks.1.attn.hook_pattern",
             "--batch-size", 8, "--dtype", "bfloat16", "--flush-seconds", 0]
     killed = tmp_path / "killed.h5"
-    res = _start_and_signal([*args, "-o", killed], killed, signal.SIGKILL, min_rows=40)
-    assert res.returncode == -signal.SIGKILL
-    with ActivationStore.open(killed) as s:      # readable, with the rows of the last flush
-        n = len(s)
-        assert 40 <= n < 160 and n % 8 == 0
+    proc = start_cli([*args, "-o", killed], tmp_path, block_after=5)
+    assert wait_for(proc, "BLOCKED") == "BLOCKED 40"
+    proc.kill()
+    assert finish(proc)[0] == -signal.SIGKILL
+    with ActivationStore.open(killed) as s:      # readable, with the rows of the last commit
+        assert len(s) == 40
     code, stdout, _ = cli(capsys, "inspect", killed)
-    assert code == 0 and f"{n:,} complete" in stdout and "killed before closing" in stdout
+    assert code == 0 and "40 complete" in stdout and "left open by a writer that stopped" in stdout
     code, stdout, err = cli(capsys, *args, "-o", killed, "--resume")
     assert code == 0, err
-    assert f"{n:,} rows already there, resuming" in stdout
+    assert "40 rows already there, resuming" in stdout
     whole = tmp_path / "whole.h5"
     assert cli(capsys, *args, "-o", whole)[0] == 0
     stores_equal(killed, whole)
+    code, stdout, _ = cli(capsys, "inspect", killed, "--verify")
+    assert code == 0 and "verified     160 rows match their checksums" in stdout and "state" not in stdout
     if shutil.which("h5ls"):   # and the standard tools read the resumed file
         ls = subprocess.run(["h5ls", "-r", str(killed)], capture_output=True, text=True)
         assert ls.returncode == 0 and "Dataset {160/Inf, 16, 160}" in ls.stdout
 
 
-def test_ctrl_c_saves_what_was_done(tiny_checkpoint, ids_npy, tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_save_what_was_done(tiny_checkpoint, ids_npy, tmp_path, sig, code, word):
+    """The run is blocked mid-way when the signal comes, so it cannot finish first."""
     out = tmp_path / "int.h5"
-    res = _start_and_signal(["cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-o", out,
-                             "--flush-seconds", 0], out, signal.SIGINT, min_rows=24)
-    assert res.returncode == 130, res.stderr
-    assert "interrupted" in res.stderr and "--resume" in res.stderr and "Traceback" not in res.stderr
+    proc = start_cli(["cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-o", out], tmp_path, block_after=3)
+    assert wait_for(proc, "BLOCKED") == "BLOCKED 24"
+    proc.send_signal(sig)
+    rc, _, err = finish(proc)
+    assert rc == code, err
+    assert "interrupted: 24 of 160 rows saved" in err and "--resume" in err and word in err
+    assert "Traceback" not in err
     with ActivationStore.open(out) as s:
-        assert 24 <= len(s) < 160
-        assert torch.equal(s.tokens[:], torch.from_numpy(np.load(ids_npy)[: len(s)]))
+        assert len(s) == 24 and s.state() is None          # closed cleanly
+        assert torch.equal(s.tokens[:], torch.from_numpy(np.load(ids_npy)[:24]))
+
+
+def test_a_second_ctrl_c_while_closing_keeps_the_file_and_the_line(tiny_checkpoint, ids_npy, tmp_path):
+    out = tmp_path / "twice.h5"
+    proc = start_cli(["cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-o", out], tmp_path,
+                     block_after=2, slow_close=True)
+    wait_for(proc, "BLOCKED")
+    proc.send_signal(signal.SIGINT)
+    wait_for(proc, "CLOSING")              # the writer is closing the file now
+    proc.send_signal(signal.SIGINT)        # held back until the file is closed
+    proc.send_signal(signal.SIGTERM)
+    proc.stdin.write("go on\n")
+    proc.stdin.flush()
+    rc, _, err = finish(proc)
+    assert rc in (130, 143), err
+    assert "interrupted: 16 of 160 rows saved" in err and "Traceback" not in err
+    with ActivationStore.open(out) as s:
+        assert len(s) == 16 and s.state() is None
+
+
+def test_two_runs_on_one_output_the_second_is_refused_naming_the_first(tiny_checkpoint, ids_npy, tmp_path, capsys):
+    out = tmp_path / "one.h5"
+    args = ["cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-o", out]
+    first = start_cli(args, tmp_path, block_after=2)
+    wait_for(first, "BLOCKED")
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        code, _, err = cli(capsys, *args, *extra)
+        assert_one_line_error(code, err, f"is being written by process {first.pid}", "wait for it")
+    first.send_signal(signal.SIGINT)
+    assert finish(first)[0] == 130
+    code, stdout, err = cli(capsys, *args, "--resume")      # once it is gone, resuming works
+    assert code == 0, err
+    with ActivationStore.open(out) as s:
+        assert len(s) == 160
 
 
 def test_model_can_be_a_training_run_folder(tiny_checkpoint, ids_npy, tmp_path, capsys):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.store import ActivationStore, StoreWriter
-from workbench.store import writer as writer_mod
+from workbench.errors import DamagedFileError, DiskFullError
+from workbench.store import (ActivationSource, ActivationStore, CacheStore, Recording, RecordingWriter, StepSource,
+                             StoreWriter)
 
 RESID, PATTERN = "blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern"
 
@@ -131,16 +132,32 @@ def test_queue_memory_stays_bounded(tmp_path, monkeypatch):
 
 
 def test_writer_errors_reach_the_caller(tmp_path, monkeypatch):
+    """A failed write stops the writer; append/close raise it; the count stays at what was committed."""
     toks, acts = _data(n=8)
     hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
+    real = StoreWriter._write
+    calls = []
 
-    def broken(self, item):
-        raise OSError(28, "No space left on device")
+    def broken_second_write(self, batch):
+        calls.append(batch.end)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(self, batch)
 
-    monkeypatch.setattr(StoreWriter, "_write", broken)
-    w = StoreWriter(tmp_path / "a.h5", hooks, seq_len=8)
+    monkeypatch.setattr(StoreWriter, "_write", broken_second_write)
+    w = StoreWriter(tmp_path / "a.h5", hooks, seq_len=8, flush_seconds=0)
     w.append(toks[:4], {h: t[:4] for h, t in acts.items()})
-    with pytest.raises(OSError, match="No space left"):
+    w.append(toks[4:], {h: t[4:] for h, t in acts.items()})
+    with pytest.raises(DiskFullError, match=r"is full: 4 rows are saved in it; free space and run the same "
+                                            r"command with --resume") as e:
+        w.close()
+    assert "No space left" in str(e.value.__cause__)
+    with ActivationStore.open(tmp_path / "a.h5") as s:
+        assert len(s) == 4 and torch.equal(s[PATTERN][:], acts[PATTERN][:4])
+    monkeypatch.setattr(StoreWriter, "_write", lambda self, batch: (_ for _ in ()).throw(ValueError("a bug")))
+    w = StoreWriter(tmp_path / "b.h5", hooks, seq_len=8)
+    w.append(toks[:4], {h: t[:4] for h, t in acts.items()})
+    with pytest.raises(RuntimeError, match="writing .*b.h5 failed: a bug"):   # not a user error: a bug
         w.close()
 
 
@@ -148,33 +165,84 @@ def test_recording_mode_steps_and_resume(tmp_path):
     probe = torch.randint(0, 50, (6, 8))
     hooks = {RESID: ((8, 16), torch.float16)}
     path = tmp_path / "rec.h5"
-    with StoreWriter(path, hooks, seq_len=8, steps=True, probe_tokens=probe, attrs={"run": "r1"}) as w:
+    with RecordingWriter(path, hooks, seq_len=8, probe_tokens=probe, attrs={"run": "r1"}) as w:
         for step in (0, 10, 20):
             w.append_step(step, {RESID: torch.full((6, 8, 16), float(step))})
         with pytest.raises(ValueError, match="steps must increase"):
             w.append_step(20, {RESID: torch.zeros(6, 8, 16)})
-    with StoreWriter(path, hooks, seq_len=8, steps=True, mode="a") as w:
+    with RecordingWriter(path, hooks, seq_len=8, mode="a") as w:
         assert w.steps == [0, 10, 20]
-        w.append_step(30, {RESID: torch.full((6, 8, 16), 30.0)})
+        w.append_step(30, {RESID: torch.full((6, 8, 16), 30.0)}, copy=False)
     with ActivationStore.open(path) as s:
-        assert s.steps == [0, 10, 20, 30] and len(s) == 6 and torch.equal(s.tokens[:], probe)
-        v = s.at_step(20)
-        assert v[RESID][:].shape == (6, 8, 16) and bool((v[RESID][2:4] == 20).all())
+        assert isinstance(s, Recording) and isinstance(s, StepSource) and not isinstance(s, ActivationSource)
+        # one meaning per type: a recording counts steps, and rec[hook] is [steps, rows, ...]
+        assert s.steps == [0, 10, 20, 30] and len(s) == 4 and s.n_rows == 6 and torch.equal(s.tokens[:], probe)
         assert s[RESID][:].shape == (4, 6, 8, 16)
-        assert torch.equal(v.to_cache(slice(0, 2))[RESID], torch.full((2, 8, 16), 20.0, dtype=torch.float16))
         assert torch.equal(s[RESID][1], torch.full((6, 8, 16), 10.0, dtype=torch.float16))
+        v = s.at_step(20)
+        assert isinstance(v, ActivationSource) and len(v) == 6 and v.attrs["run"] == "r1"
+        assert v[RESID][:].shape == (6, 8, 16) and bool((v[RESID][2:4] == 20).all())
+        assert torch.equal(v.to_cache(slice(0, 2))[RESID], torch.full((2, 8, 16), 20.0, dtype=torch.float16))
         x, y = v.probe_dataset(RESID, torch.arange(6), pos=-1)[5]
         assert bool((x == 20).all()) and y == 5
+        assert [step.step for step in s.iter_steps()] == [0, 10, 20, 30]
         with pytest.raises(KeyError, match="nearest recorded steps"):
             s.at_step(15)
-        with pytest.raises(ValueError, match="at_step"):
+        with pytest.raises(AttributeError, match=r"at_step\(step\).to_cache"):
             s.to_cache()
+        assert s.verify() == 4
     # a training run resumed from its step-10 checkpoint records steps 20 and 30 again
-    with StoreWriter(path, hooks, seq_len=8, steps=True, mode="a", drop_steps_after=10) as w:
+    with RecordingWriter(path, hooks, seq_len=8, mode="a", drop_steps_after=10) as w:
         assert w.steps == [0, 10]
         w.append_step(20, {RESID: torch.full((6, 8, 16), -20.0)})
     with ActivationStore.open(path) as s:
         assert s.steps == [0, 10, 20] and bool((s.at_step(20)[RESID][:] == -20).all())
+        assert s.verify() == 3
+
+
+def test_store_writer_steps_true_still_works_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match="RecordingWriter"):
+        w = StoreWriter(tmp_path / "r.h5", {RESID: ((8, 16), torch.float16)}, seq_len=8, steps=True,
+                        probe_tokens=torch.zeros(2, 8, dtype=torch.long))
+    assert isinstance(w, RecordingWriter)
+    w.append_step(3, {RESID: torch.ones(2, 8, 16)})
+    w.close()
+    assert ActivationStore.open(tmp_path / "r.h5").steps == [3]
+
+
+def test_cache_file_type_and_interfaces(tmp_path):
+    toks, acts = _data(n=9)
+    _write(tmp_path / "a.h5", toks, acts)
+    s = ActivationStore.open(tmp_path / "a.h5")
+    assert type(s) is CacheStore and type(ActivationStore(tmp_path / "a.h5")) is CacheStore
+    assert isinstance(s, ActivationStore) and isinstance(s, ActivationSource) and not isinstance(s, StepSource)
+    assert len(s) == 9 and s[RESID][:].shape == (9, 8, 16) and not s.is_recording
+    with pytest.raises(AttributeError, match="cache file, not a training recording"):
+        s.at_step(0)
+    from workbench.analysis.probe_data import TensorSource
+    assert isinstance(TensorSource(toks, {RESID: acts[RESID]}), ActivationSource)
+
+
+def test_append_copy_false_hands_the_tensor_over(tmp_path):
+    """copy=False keeps the caller's CPU tensor (no private copy); copy=True is safe against reuse."""
+    toks, acts = _data(n=4)
+    spec = {RESID: ((8, 16), torch.bfloat16)}
+    for copy in (True, False):
+        seen = []
+        real = StoreWriter._write
+
+        def spy(self, batch):
+            seen.append(batch.parts[f"hooks/{RESID}"][0])
+            real(self, batch)
+
+        buf = acts[RESID].clone()
+        w = StoreWriter(tmp_path / f"c{copy}.h5", spec, seq_len=8)
+        w._write = spy.__get__(w)
+        w.append(toks, {RESID: buf}, copy=copy)
+        w.close()
+        assert (seen[0].data_ptr() == buf.data_ptr()) is (not copy)
+        assert torch.equal(ActivationStore.open(tmp_path / f"c{copy}.h5")[RESID][:].view(torch.int16),
+                           acts[RESID].view(torch.int16))
 
 
 def test_resume_refuses_different_hooks(tmp_path):
@@ -195,7 +263,7 @@ def test_non_hdf5_and_truncated_files_give_one_clear_error(tmp_path):
     _write(tmp_path / "a.h5", toks, acts)
     cut = tmp_path / "cut.h5"
     cut.write_bytes((tmp_path / "a.h5").read_bytes()[:3000])
-    with pytest.raises(ValueError, match="truncated or damaged"):
+    with pytest.raises(DamagedFileError, match="damaged .*truncated: 3,000 of its"):
         ActivationStore.open(cut)
     with pytest.raises(FileNotFoundError):
         ActivationStore.open(tmp_path / "missing.h5")

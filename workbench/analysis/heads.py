@@ -11,6 +11,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from workbench.store.source import ActivationSource, StepSource
+
 from .attention import (attention_entropy, duplicate_token_score, first_token_score, induction_score,
                         previous_token_score)
 
@@ -114,7 +116,9 @@ def detect_heads(source, tokens: Optional[torch.Tensor] = None, period: Optional
                                             bos_token_id=bos)
         patterns, layers = get_patterns(source, tokens), list(range(source.cfg.n_layers))
     else:
-        attrs = getattr(source, "attrs", None) or getattr(getattr(source, "store", None), "attrs", {}) or {}
+        if isinstance(source, StepSource):          # a whole recording: its last recorded step
+            source = source.at_step(source.steps[-1])
+        attrs = source.attrs if isinstance(source, ActivationSource) else {}
         if period is None and attrs.get("probe_period"):
             period, offset = int(attrs["probe_period"]), int(attrs.get("probe_offset", 1))
             n_rep = int(attrs.get("probe_repeated_rows", 0) or 0)
@@ -133,7 +137,7 @@ def scores_across_steps(store, period: Optional[int] = None, offset: Optional[in
     ``probe_repeated_rows``), as written by the trainer.
     """
     import pandas as pd
-    steps = list(getattr(store, "steps", []))
+    steps = list(store.steps) if isinstance(store, StepSource) else []
     if not steps:
         raise ValueError("this store has no recorded steps: scores_across_steps needs a training recording")
     attrs = store.attrs

@@ -1,24 +1,32 @@
-"""StoreWriter: stream activations to an HDF5 store from a background thread.
+"""Stream activations to an HDF5 store from a background thread: ``StoreWriter`` (rows of a
+dataset) and ``RecordingWriter`` (fixed probe rows, one slab per training step).
 
-The caller (a forward pass, a training step) hands over tensors with
-``append`` / ``append_step``; they are copied off the device, queued, and
-written by one thread while the caller computes the next batch. The queue is
-bounded in bytes, so memory stays bounded whatever the dataset size: when the
-disk is slower than the model, ``append`` waits.
+The caller (a forward pass, a training step) hands over tensors with ``append`` /
+``append_step``; they are moved off the device, queued, and written by one thread while
+the caller computes the next batch. The queue is bounded in bytes, so memory stays
+bounded whatever the dataset size: when the disk is slower than the model, the caller waits.
 
-Crash safety: the file is written in HDF5's SWMR mode, whose ordered metadata
-writes keep it consistent at every moment. After each flush the count of
-complete rows (``n_rows``; ``n_steps`` for recordings) is written and flushed
-again, so a reader, or a ``mode="a"`` resume after SIGKILL, uses only rows
-whose data reached the file before their count did.
+What the file promises (docs/activation-store.md, "Writing safely"):
+
+- one writer per file (``WriterLock``: a second one is refused, naming the holder's PID);
+- a new file appears under its name only once it is a valid, empty store (it is built
+  under a temporary name and renamed into place; an existing file is never replaced
+  unless asked);
+- the count of complete rows (``n_rows``; ``n_steps`` for recordings) names only data
+  that reached the file: data and a CRC-32 of it are written and flushed (and fsync'ed)
+  before the count that makes them visible; a failed write (disk full) stops the writer
+  with the count still at the last verified commit.
 """
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
 import os
+import re
 import threading
 import time
+import warnings
+import zlib
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -27,297 +35,233 @@ import h5py
 import numpy as np
 import torch
 
-from workbench.errors import FileConflictError, InputError, MissingFileError
+from workbench import __version__
+from workbench.errors import DiskFullError, FileConflictError, InputError, MissingFileError
+from workbench.signals import deferred_signals
 
 from . import format as fmt
-from .recovery import clear_status_flags, read_superblock
+from .integrity import prepare_resume
+from .lock import WriterLock
 
 HookSpecs = Mapping[str, tuple[tuple[int, ...], Union[torch.dtype, str]]]
 LIBVER = ("v110", "v110")   # SWMR needs >= 1.10; pinning it keeps Debian's 1.10 h5ls/h5dump able to read
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
-class StoreWriter:
-    """Write token rows and their activations to ``path``.
+class _Batch:
+    """One queued write: ``parts[dataset path] = (data, cuda event or None, dtype name or None)``,
+    each written to entries ``[start, end)`` of its dataset's first axis."""
 
-    Args:
-        path: the ``.h5`` file.
-        hooks: ``{hook name: (row_shape, dtype)}``; ``row_shape`` excludes the batch axis,
-            e.g. ``(pos, d_model)``; dtype is float32, float16 or bfloat16 (stored as uint16 bits).
-        seq_len: ``pos``, the width of every token row.
-        attrs: user attributes (model_config, model_source, tokenizer, command, ...);
-            dicts and lists are stored as JSON text.
-        compression: None (default: activations barely compress), "gzip", "lzf", ...
-        mode: "w" new file (replaces one), "w-" new file (error if it exists),
-            "a" resume: continue after the file's complete rows (hooks must match).
-        steps: a training recording: ``probe_tokens`` fixed rows, one slab per ``append_step``.
-        probe_tokens: ``[rows, pos]`` token ids of the probe set (``steps=True`` only).
-        meta: per-row metadata columns ``{name: numpy dtype}`` passed to ``append(meta=...)``.
-        max_queue_bytes: memory the queued batches may hold before ``append`` waits.
-        flush_seconds: at most this long between flushes (0: after every batch);
-            the work a crash can lose.
-        drop_steps_after: resuming a recording (``mode="a"``) from a training checkpoint at this
-            step: steps recorded after it (after the checkpoint, before the crash) are dropped,
-            so the resumed run records them again.
-    """
+    __slots__ = ("start", "end", "parts", "nbytes")
+
+    def __init__(self, start: int, end: int, parts: dict[str, tuple]) -> None:
+        self.start, self.end, self.parts = start, end, parts
+        self.nbytes = sum(_nbytes(p[0]) for p in parts.values())
+
+
+class _Writer:
+    """What both writers share: the lock, creating or resuming the file, the queue, the thread, commits."""
+
+    MODE = ""          # the file's ``mode`` attribute
+    UNIT = "rows"      # what the count counts, for messages
 
     def __init__(self, path: Union[str, Path], hooks: HookSpecs, seq_len: int,
-                 attrs: Optional[Mapping[str, Any]] = None, compression: Optional[str] = None,
-                 mode: str = "w", steps: bool = False, probe_tokens: Optional[torch.Tensor] = None,
-                 meta: Optional[Mapping[str, Any]] = None, max_queue_bytes: int = 256 << 20,
-                 flush_seconds: float = 1.0, drop_steps_after: Optional[int] = None) -> None:
+                 attrs: Optional[Mapping[str, Any]], compression: Optional[str], mode: str,
+                 max_queue_bytes: int, flush_seconds: float, durable: bool, lock: Optional[WriterLock]) -> None:
         if mode not in ("w", "w-", "x", "a"):
             raise ValueError(f"mode must be 'w', 'w-' or 'a' (resume), got {mode!r}")
         if not hooks:
-            raise ValueError("StoreWriter needs at least one hook")
+            raise ValueError("a store writer needs at least one hook")
+        if max_queue_bytes < 1:
+            raise InputError(f"the write queue must hold at least 1 byte (got {max_queue_bytes}); "
+                             "with --queue-mb give at least 1")
+        if not flush_seconds >= 0:
+            raise InputError(f"flush_seconds must be >= 0 (0 flushes after every batch), got {flush_seconds}")
         self.path = Path(path)
         self.seq_len = int(seq_len)
         self.hooks = {n: (tuple(int(d) for d in s), fmt.dtype_name(d)) for n, (s, d) in hooks.items()}
-        self.meta_dtypes = {k: np.dtype(v) for k, v in (meta or {}).items()}
-        self.recording = bool(steps)
-        self.max_queue_bytes = int(max_queue_bytes)
-        self.flush_seconds = float(flush_seconds)
-        if self.recording and probe_tokens is None and mode != "a":
-            raise ValueError("steps=True needs probe_tokens=[rows, pos], the fixed rows recorded at every step")
-        if mode in ("w-", "x") and self.path.exists():
-            raise FileConflictError(f"{self.path} already exists")
-        if mode == "a" and not self.path.exists():
-            raise MissingFileError(f"cannot resume {self.path}: it does not exist")
-        self.drop_steps_after = drop_steps_after
-        self._lock_fd = self._lock()
+        self.max_queue_bytes, self.flush_seconds, self.durable = int(max_queue_bytes), float(flush_seconds), durable
+        self.bytes_written = 0
+        if lock is not None and not (lock.held and os.path.abspath(lock.path) == os.path.abspath(self.path)):
+            raise ValueError(f"lock= must be a held WriterLock on {self.path}")
+        self.lock = lock if lock is not None else WriterLock(self.path)
         try:
-            self.f = self._open_resume() if mode == "a" else self._create(attrs or {}, compression, probe_tokens)
+            self.f = self._resume() if mode == "a" else self._create(attrs or {}, compression, mode == "w")
             if mode == "a" and attrs:
-                self._write_attrs(attrs)
-            self.f.swmr_mode = True   # from here on no new objects; data and attribute values only
-            self._rows_appended = int(self.f.attrs[fmt.A_ROWS])
-            n_steps = int(self.f.attrs[fmt.A_STEPS])
-            self._steps = [int(s) for s in self.f[fmt.STEPS][:n_steps]] if self.recording else []
+                self._write_attrs(self.f, attrs)
+            self._datasets = {n: self.f[n] for n in fmt.counted_datasets(self.f)}
+            self._checksums = self.f[fmt.CHECKSUMS]
+            self._committed = self._appended = int(self.f.attrs[fmt.count_attr(self.MODE)])
+            self._fd = self.f.id.get_vfd_handle()
+            self.lock.file_open = True
         except BaseException:
-            self._unlock()
+            if getattr(self, "f", None) is not None:
+                self.f.close()
+            self.lock.release()
             raise
-        self._queue: deque = deque()
+        self._queue: deque[_Batch] = deque()
         self._queued_bytes = 0
         self._cond = threading.Condition()
         self._error: Optional[BaseException] = None
         self._closed = False
-        self._last_flush = time.monotonic()
-        self.bytes_written = 0
+        # CRC-32 per dataset of the entries written since the last commit; a recording's probe
+        # tokens (written once) count with its first commit.
+        self._crc: dict[str, int] = self._fixed_checksums() if self._committed == 0 else {}
+        self._written = self._committed     # entries written (maybe not yet committed)
+        self._last_commit = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"StoreWriter({self.path.name})", daemon=True)
         self._thread.start()
 
-    # -- opening ---------------------------------------------------------------------------
-    def _lock(self) -> int:
-        """A POSIX lock on the file so two writers (or a resume while one runs) never meet."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise FileConflictError(f"{self.path} is being written by another process; wait for it or stop it") from None
-        return fd
-
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
+    # -- creating ------------------------------------------------------------------------------
     def _cache_kwargs(self) -> dict:
-        # Each dataset's chunk cache holds its partly filled chunk plus one more, so
-        # appends of a few rows never read a chunk back from disk; full chunks go first.
-        biggest = max(int(np.prod(fmt.chunk_shape(s, fmt.DTYPES[d][1].itemsize))) * fmt.DTYPES[d][1].itemsize
+        # Each dataset's chunk cache holds its partly filled chunk plus one more, so appends
+        # of a few rows never read a chunk back from disk; full chunks go straight out.
+        biggest = max(int(np.prod(fmt.chunk_shape(s, fmt.itemsize(d)))) * fmt.itemsize(d)
                       for s, d in self.hooks.values())
         return dict(rdcc_nbytes=max(2 * biggest + (1 << 20), 4 << 20), rdcc_w0=1.0, rdcc_nslots=10007)
 
-    def _create(self, attrs: Mapping[str, Any], compression: Optional[str],
-                probe_tokens: Optional[torch.Tensor]) -> h5py.File:
-        f = h5py.File(self.path, "w", libver=LIBVER, **self._cache_kwargs())
+    def _create(self, attrs: Mapping[str, Any], compression: Optional[str], replace: bool) -> h5py.File:
+        """Build the empty store under a temporary name, then move it into place in one step."""
+        if self.path.is_dir():
+            raise InputError(f"{self.path} is a folder; give a file name such as {self.path / 'acts.h5'}")
+        if not replace and self.path.exists():
+            raise FileConflictError(f"{self.path} already exists; choose another name or replace it "
+                                    "(workbench cache --overwrite, StoreWriter(mode='w'))")
+        tmp = self.path.with_name(f".{self.path.name}.creating")
+        tmp.unlink(missing_ok=True)        # left by a run killed while creating (we hold the lock)
+        f = h5py.File(tmp, "w", libver=LIBVER, **self._cache_kwargs())
         try:
-            f.attrs[fmt.A_FORMAT] = fmt.FORMAT_NAME
-            f.attrs[fmt.A_VERSION] = fmt.FORMAT_VERSION
-            from workbench import __version__
-            f.attrs[fmt.A_PACKAGE] = __version__
-            f.attrs[fmt.A_MODE] = "steps" if self.recording else "cache"
-            f.attrs[fmt.A_SEQ_LEN] = self.seq_len
-            f.attrs[fmt.A_HOOKS] = fmt.hooks_to_json(self.hooks)
-            f.attrs[fmt.A_ROWS] = 0
-            f.attrs[fmt.A_STEPS] = 0
-            f.attrs[fmt.A_JSON_KEYS] = "[]"
-            self.f = f
-            self._write_attrs(attrs)
-            lead: tuple[int, ...] = ()
-            if self.recording:
-                probe = _as_tokens(probe_tokens, self.seq_len)
-                f.create_dataset(fmt.TOKENS, data=probe)   # fixed size: contiguous
-                f.create_dataset(fmt.STEPS, (0,), maxshape=(None,), dtype="<i8", chunks=(1024,))
-                lead = (probe.shape[0],)
-                f.attrs[fmt.A_ROWS] = probe.shape[0]
-            else:
-                f.create_dataset(fmt.TOKENS, (0, self.seq_len), maxshape=(None, self.seq_len), dtype="<i4",
-                                 chunks=fmt.chunk_shape((self.seq_len,), 4))
-                for name, dt in self.meta_dtypes.items():
-                    f.create_dataset(f"{fmt.META_GROUP}/{name}", (0,), maxshape=(None,), dtype=dt,
-                                     chunks=fmt.chunk_shape((), dt.itemsize))
-            for name, (shape, dname) in self.hooks.items():
-                np_dt = fmt.DTYPES[dname][1]
-                chunk = fmt.chunk_shape(shape, np_dt.itemsize)
-                if self.recording:
-                    full = (0, *lead, *shape)
-                    chunk = (1, *fmt.chunk_shape(shape, np_dt.itemsize))
-                    chunk = (1, min(chunk[1], max(1, lead[0])), *chunk[2:])
-                else:
-                    full = (0, *shape)
-                ds = f.create_dataset(f"{fmt.HOOKS_GROUP}/{name}", full, maxshape=(None, *full[1:]),
-                                      dtype=np_dt, chunks=chunk, compression=compression)
-                ds.attrs["dtype"] = dname
-                ds.attrs["hook"] = name
-            return f
-        except BaseException:
-            f.close()
-            raise
-
-    def _open_resume(self) -> h5py.File:
-        sb = read_superblock(self.path)
-        if sb["flags"]:
-            clear_status_flags(self.path)   # its writer died (we hold the lock, so none runs now)
-        f = h5py.File(self.path, "a", libver=LIBVER, **self._cache_kwargs())
-        try:
-            if f.attrs.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:
-                raise InputError(f"cannot resume {self.path}: it is not a workbench activation store")
-            mode = f.attrs[fmt.A_MODE]
-            if (mode == "steps") != self.recording:
-                raise InputError(f"cannot resume {self.path}: it is a {mode} file, the writer was opened "
-                                 f"with steps={self.recording}")
-            if int(f.attrs[fmt.A_SEQ_LEN]) != self.seq_len:
-                raise InputError(f"cannot resume {self.path}: its seq_len is {int(f.attrs[fmt.A_SEQ_LEN])}, "
-                                 f"not {self.seq_len}")
-            have = fmt.hooks_from_json(f.attrs[fmt.A_HOOKS])
-            if have != self.hooks:
-                raise InputError(f"cannot resume {self.path}: its hooks differ: {_diff_hooks(have, self.hooks)}")
-            # Anything past the last complete count is from a write the crash cut short: drop it.
-            if self.recording:
-                n = int(f.attrs[fmt.A_STEPS])
-                if self.drop_steps_after is not None:
-                    n = int(np.searchsorted(f[fmt.STEPS][:n], self.drop_steps_after, side="right"))
-                    f.attrs[fmt.A_STEPS] = n
-                for ds in [f[fmt.STEPS], *f[fmt.HOOKS_GROUP].values()]:
-                    ds.resize(n, axis=0)
-            else:
-                n = int(f.attrs[fmt.A_ROWS])
-                for ds in [f[fmt.TOKENS], *f[fmt.HOOKS_GROUP].values(), *f.get(fmt.META_GROUP, {}).values()]:
-                    ds.resize(n, axis=0)
-                have_meta = set(f[fmt.META_GROUP]) if fmt.META_GROUP in f else set()
-                if have_meta != set(self.meta_dtypes):
-                    raise InputError(f"cannot resume {self.path}: its metadata columns are {sorted(have_meta)}, "
-                                     f"not {sorted(self.meta_dtypes)}")
+            for key, value in {fmt.A_FORMAT: fmt.FORMAT_NAME, fmt.A_VERSION: fmt.FORMAT_VERSION,
+                               fmt.A_PACKAGE: __version__, fmt.A_MODE: self.MODE, fmt.A_SEQ_LEN: self.seq_len,
+                               fmt.A_HOOKS: fmt.hooks_to_json(self.hooks), fmt.A_ROWS: 0, fmt.A_STEPS: 0,
+                               fmt.A_JSON_KEYS: "[]"}.items():
+                f.attrs[key] = value
+            self._write_attrs(f, attrs)
+            self._create_datasets(f, compression)
+            f.create_dataset(fmt.CHECKSUMS, (0, 2), maxshape=(None, 2), dtype="<i8", chunks=(512, 2))
+            f.swmr_mode = True      # from here on no new objects; data and attribute values only
             f.flush()
+            _move_into_place(tmp, self.path, replace)
             return f
         except BaseException:
             f.close()
+            tmp.unlink(missing_ok=True)
             raise
 
-    def _write_attrs(self, attrs: Mapping[str, Any]) -> None:
-        json_keys = set(json.loads(self.f.attrs.get(fmt.A_JSON_KEYS, "[]")))
+    def _create_datasets(self, f: h5py.File, compression: Optional[str]) -> None:
+        raise NotImplementedError
+
+    def _fixed_checksums(self) -> dict[str, int]:
+        """CRC-32 of datasets written once at creation (checked with the first commit)."""
+        return {}
+
+    def _hook_dataset(self, f: h5py.File, name: str, lead: tuple[int, ...], compression: Optional[str]) -> None:
+        """``hooks/<name>``: ``[0, *lead, *row_shape]``, growing along the first axis."""
+        shape, dname = self.hooks[name]
+        chunk = fmt.chunk_shape(shape, fmt.itemsize(dname))
+        if lead:   # recordings: one step per chunk, up to the row chunk's rows of the probe set
+            chunk = (1, min(chunk[0], max(1, lead[0])), *chunk[1:])
+        ds = f.create_dataset(f"{fmt.HOOKS_GROUP}/{name}", (0, *lead, *shape), maxshape=(None, *lead, *shape),
+                              dtype=fmt.DTYPES[dname][1], chunks=chunk, compression=compression)
+        ds.attrs["dtype"] = dname
+        ds.attrs["hook"] = name
+
+    @staticmethod
+    def _write_attrs(f: h5py.File, attrs: Mapping[str, Any]) -> None:
+        json_keys = set(json.loads(f.attrs.get(fmt.A_JSON_KEYS, "[]")))
         for k, v in attrs.items():
             if k in fmt.RESERVED:
                 raise ValueError(f"attribute {k!r} is reserved by the store format; pick another name")
             value, is_json = fmt.encode_attr(v)
-            self.f.attrs[k] = value
+            f.attrs[k] = value
             (json_keys.add if is_json else json_keys.discard)(k)
-        self.f.attrs[fmt.A_JSON_KEYS] = json.dumps(sorted(json_keys))
+        f.attrs[fmt.A_JSON_KEYS] = json.dumps(sorted(json_keys))
 
-    # -- state -------------------------------------------------------------------------------
-    @property
-    def n_rows(self) -> int:
-        """Rows in the file once the queue drains (cache mode), or probe rows (recordings)."""
-        return self._rows_appended
+    # -- resuming ------------------------------------------------------------------------------
+    def _resume(self) -> h5py.File:
+        """Open an existing store to append after its complete entries (checked first if its writer died)."""
+        if not self.path.exists():
+            raise MissingFileError(f"cannot resume {self.path}: it does not exist")
+        prepare_resume(self.path)
+        f = h5py.File(self.path, "a", libver=LIBVER, **self._cache_kwargs())
+        try:
+            self._check_resumable(f)
+            count = self._cut_to_count(f)
+            _trim_checksums(f, count)
+            f.flush()
+            f.swmr_mode = True
+            return f
+        except BaseException:
+            f.close()
+            raise
 
-    @property
-    def steps(self) -> list[int]:
-        """Steps recorded so far, including queued ones (recordings only)."""
-        return list(self._steps)
+    def _check_resumable(self, f: h5py.File) -> None:
+        if f.attrs.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:
+            raise InputError(f"cannot resume {self.path}: it is not a workbench activation store")
+        mode = f.attrs[fmt.A_MODE]
+        if mode != self.MODE:
+            raise InputError(f"cannot resume {self.path}: it is a {mode} file, not a {self.MODE} file")
+        if int(f.attrs[fmt.A_SEQ_LEN]) != self.seq_len:
+            raise InputError(f"cannot resume {self.path}: its seq_len is {int(f.attrs[fmt.A_SEQ_LEN])}, "
+                             f"not {self.seq_len}")
+        have = fmt.hooks_from_json(f.attrs[fmt.A_HOOKS])
+        if have != self.hooks:
+            raise InputError(f"cannot resume {self.path}: its hooks differ: {_diff_hooks(have, self.hooks)}")
 
-    # -- appending (caller's thread) -----------------------------------------------------------
-    def append(self, tokens: torch.Tensor, acts: Mapping[str, torch.Tensor],
-               meta: Optional[Mapping[str, Any]] = None) -> None:
-        """Queue ``n`` rows: ``tokens [n, pos]``, ``acts[hook] [n, *row_shape]``, ``meta[name] [n]``.
+    def _cut_to_count(self, f: h5py.File) -> int:
+        """Drop what lies past the complete count (a write the crash cut short); returns the count."""
+        n = int(f.attrs[fmt.count_attr(self.MODE)])
+        for name in fmt.counted_datasets(f):
+            f[name].resize(n, axis=0)
+        return n
 
-        Returns as soon as the batch is copied and queued; waits only while the
-        queue holds ``max_queue_bytes``.
+    # -- appending (caller's thread) -------------------------------------------------------------
+    def _stored(self, acts: Mapping[str, torch.Tensor], lead: tuple[int, ...], copy: bool) -> dict[str, tuple]:
+        """Each tensor in its stored dtype, on the CPU (CUDA: cast, then a pinned non-blocking copy).
+
+        ``copy=False``: a CPU tensor already in its stored dtype is kept as it is (the caller
+        hands it over and must not change it); otherwise a private copy is made.
         """
-        if self.recording:
-            raise ValueError("this writer records training steps: use append_step(step, acts)")
-        toks = _as_tokens(tokens, self.seq_len)
-        n = toks.shape[0]
-        arrays = self._convert(acts, n)
-        meta = dict(meta or {})
-        if set(meta) != set(self.meta_dtypes):
-            raise ValueError(f"meta must have exactly the columns {sorted(self.meta_dtypes)}, got {sorted(meta)}")
-        metas = {k: np.asarray(v, dtype=self.meta_dtypes[k]).reshape(-1) for k, v in meta.items()}
-        for k, v in metas.items():
-            if v.shape[0] != n:
-                raise ValueError(f"meta[{k!r}] has {v.shape[0]} values for {n} rows")
-        self._rows_appended += n
-        self._put(("rows", toks, arrays, metas), toks.nbytes + sum(_nbytes(a) for a in arrays.values()))
-
-    def append_step(self, step: int, acts: Mapping[str, torch.Tensor]) -> None:
-        """Queue one recorded step: ``acts[hook] [rows, *row_shape]`` for the probe rows."""
-        if not self.recording:
-            raise ValueError("append_step needs a writer opened with steps=True and probe_tokens")
-        step = int(step)
-        if self._steps and step <= self._steps[-1]:
-            raise ValueError(f"steps must increase: got step {step} after step {self._steps[-1]}")
-        arrays = self._convert(acts, self._rows_appended)
-        self._steps.append(step)
-        self._put(("step", step, arrays), sum(_nbytes(a) for a in arrays.values()))
-
-    def _convert(self, acts: Mapping[str, torch.Tensor], n: int) -> dict[str, tuple]:
-        """A private CPU copy of each tensor in its stored dtype (CUDA: cast, then a pinned non-blocking copy)."""
         if set(acts) != set(self.hooks):
             missing, extra = sorted(set(self.hooks) - set(acts)), sorted(set(acts) - set(self.hooks))
             raise ValueError(f"acts must hold exactly this writer's hooks; missing {missing}, unexpected {extra}")
         out = {}
         for name, t in acts.items():
             shape, dname = self.hooks[name]
-            if tuple(t.shape) != (n, *shape):
-                raise ValueError(f"{name}: expected shape {[n, *shape]}, got {list(t.shape)}")
-            t = t.detach()
+            if tuple(t.shape) != (*lead, *shape):
+                raise ValueError(f"{name}: expected shape {[*lead, *shape]}, got {list(t.shape)}")
+            t, target = t.detach(), fmt.DTYPES[dname][0]
             if t.device.type == "cuda":
                 # Cast on the GPU, then a non-blocking copy into pinned memory; the writer
                 # thread waits on the event, so the caller's stream keeps running.
-                t = t.to(fmt.DTYPES[dname][0])
+                t = t.to(target)
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 host.copy_(t, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-                out[name] = (host, event)
+                out[name] = (host, event, dname)
+            elif t.dtype != target:
+                # The cast makes the private copy (fp32 -> fp16 also halves the bytes queued), in
+                # pieces that never queue on torch's thread pool (see format.cast).
+                out[name] = (fmt.cast(t.cpu(), target), None, dname)
             else:
-                # A private copy (the caller may reuse its buffer once we return): the cast to
-                # the stored dtype makes one (fp32 -> fp16 also halves the bytes to copy and
-                # queue); without a cast, numpy's memcpy. Neither uses torch's thread pool.
-                t, target = t.cpu(), fmt.DTYPES[dname][0]
-                out[name] = (fmt.cast(t, target) if t.dtype != target else fmt.private_copy(t), None)
+                out[name] = (fmt.private_copy(t.cpu()) if copy else t.cpu(), None, dname)
         return out
 
-    def _put(self, item: tuple, nbytes: int) -> None:
+    def _put(self, batch: _Batch) -> None:
         with self._cond:
             self._raise_if_failed()
             if self._closed:
-                raise ValueError("this StoreWriter is closed")
-            while self._queue and self._queued_bytes + nbytes > self.max_queue_bytes and self._error is None:
+                raise ValueError("this writer is closed")
+            while self._queue and self._queued_bytes + batch.nbytes > self.max_queue_bytes and self._error is None:
                 self._cond.wait()
             self._raise_if_failed()
-            self._queue.append((item, nbytes))
-            self._queued_bytes += nbytes
+            self._queue.append(batch)
+            self._queued_bytes += batch.nbytes
+            self._appended = batch.end
             self._cond.notify_all()
 
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            # OSError (disk full, I/O error) stays an OSError, so the CLI prints it as one line.
-            kind = OSError if isinstance(self._error, OSError) else RuntimeError
-            raise kind(f"writing {self.path} failed: {self._error}") from self._error
-
-    # -- the writer thread -----------------------------------------------------------------------
+    # -- the writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -325,91 +269,122 @@ class StoreWriter:
                     self._cond.wait()
                 if not self._queue:
                     return
-                item, nbytes = self._queue[0]
-            try:
-                if self._error is None:
-                    self._write(item)
-            except BaseException as e:  # noqa: BLE001 (reported to the caller by append/close)
-                self._error = e
+                batch = self._queue[0]
+            if self._error is None:
+                try:
+                    self._write(batch)
+                    if time.monotonic() - self._last_commit >= self.flush_seconds:
+                        self._commit()
+                except BaseException as e:  # noqa: BLE001 (reported to the caller by append/flush/close)
+                    self._fail(e)
             with self._cond:
                 self._queue.popleft()
-                self._queued_bytes -= nbytes
+                self._queued_bytes -= batch.nbytes
                 self._cond.notify_all()
 
-    def _write(self, item: tuple) -> None:
-        f = self.f
-        hooks = f[fmt.HOOKS_GROUP]
-        if item[0] == "rows":
-            _, toks, arrays, metas = item
-            n0 = f[fmt.TOKENS].shape[0]
-            n1 = n0 + toks.shape[0]
-            f[fmt.TOKENS].resize(n1, axis=0)
-            f[fmt.TOKENS][n0:n1] = toks
-            for name, (t, event) in arrays.items():
-                a = _host_array(t, event, self.hooks[name][1])
-                hooks[name].resize(n1, axis=0)
-                hooks[name][n0:n1] = a
-                self.bytes_written += a.nbytes
-            for name, v in metas.items():
-                f[fmt.META_GROUP][name].resize(n1, axis=0)
-                f[fmt.META_GROUP][name][n0:n1] = v
-            self.bytes_written += toks.nbytes
-            count = (fmt.A_ROWS, n1)
-        else:
-            _, step, arrays = item
-            k = f[fmt.STEPS].shape[0]
-            for name, (t, event) in arrays.items():
-                a = _host_array(t, event, self.hooks[name][1])
-                hooks[name].resize(k + 1, axis=0)
-                hooks[name][k] = a
-                self.bytes_written += a.nbytes
-            f[fmt.STEPS].resize(k + 1, axis=0)
-            f[fmt.STEPS][k] = step
-            count = (fmt.A_STEPS, k + 1)
-        self._pending_count = count
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self._commit()
+    def _write(self, batch: _Batch) -> None:
+        for name, (data, event, dname) in batch.parts.items():
+            if event is not None:
+                event.synchronize()
+            a = fmt.to_stored(data, dname) if dname is not None else np.ascontiguousarray(data)
+            ds = self._datasets[name]
+            if ds.shape[0] < batch.end:
+                ds.resize(batch.end, axis=0)
+            ds[batch.start:batch.end] = a
+            self._crc[name] = zlib.crc32(a, self._crc.get(name, 0))
+            self.bytes_written += a.nbytes
+        self._written = batch.end
 
     def _commit(self) -> None:
-        """Data first, then the count that makes it visible: a crash between the two loses rows, never corrupts."""
-        count = getattr(self, "_pending_count", None)
-        if count is None:
+        """Data and its checksum first, flushed (and synced); then the count that makes them visible."""
+        end = self._written
+        if end == self._committed:
             return
+        k = self._checksums.shape[0]
+        self._checksums.resize(k + 1, axis=0)
+        self._checksums[k] = (end, fmt.combine_checksums(self._crc))
         self.f.flush()
-        self.f.attrs[count[0]] = count[1]
+        if self.durable:
+            os.fsync(self._fd)
+        self.f.attrs[fmt.count_attr(self.MODE)] = end
         self.f.flush()
-        self._pending_count = None
-        self._last_flush = time.monotonic()
+        self._committed, self._crc = end, {}
+        self._last_commit = time.monotonic()
 
-    # -- closing -------------------------------------------------------------------------------
+    def _fail(self, e: BaseException) -> None:
+        """Remember the error and drop the uncommitted data, so closing never retries a failed write."""
+        self._error = e
+        try:
+            for ds in self._datasets.values():
+                ds.resize(self._committed, axis=0)    # evicts the dirty chunks past the count
+            committed = int(np.searchsorted(self._checksums[:, 0], self._committed, side="right"))
+            self._checksums.resize(committed, axis=0)
+        except Exception:  # noqa: BLE001 (the first error is the one to report)
+            pass
+
+    def _raise_if_failed(self) -> None:
+        e = self._error
+        if e is None:
+            return
+        if _errno(e) in _DISK_FULL:
+            what = "is read-only" if _errno(e) == errno.EROFS else "is full"
+            raise DiskFullError(f"the disk holding {self.path} {what}: {self._committed:,} {self.UNIT} are saved "
+                                "in it; free space and run the same command with --resume") from e
+        raise RuntimeError(f"writing {self.path} failed: {e}") from e
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def committed(self) -> int:
+        """Entries (rows; steps for recordings) verifiably on disk and visible to readers now."""
+        return self._committed
+
+    # -- flushing and closing --------------------------------------------------------------------
     def flush(self) -> None:
         """Wait until every queued batch is on disk and counted."""
         with self._cond:
             while self._queue and self._error is None:
                 self._cond.wait()
-        self._raise_if_failed()
-        with self._cond:   # the thread is idle now; commit under the lock so it cannot start a write
-            self._commit()
+            self._raise_if_failed()
+            try:   # the thread is idle now; commit under the lock so it cannot start a write
+                self._commit()
+            except BaseException as e:  # noqa: BLE001
+                self._fail(e)
+            self._raise_if_failed()
 
     def close(self) -> None:
-        """Write everything queued, record the final count, close the file. Safe to call twice."""
+        """Write everything queued, record the final count, close the file, release the lock.
+
+        A second Ctrl-C or a SIGTERM while this runs is held back until the file is closed.
+        Safe to call twice.
+        """
         if self._closed:
             return
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join()
-        try:
-            if self._error is None:
-                self._commit()
-        finally:
+        with deferred_signals():
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            self._thread.join()
             try:
-                self.f.close()
+                if self._error is None:
+                    self._commit()
+            except BaseException as e:  # noqa: BLE001
+                self._fail(e)
             finally:
-                self._unlock()
+                self._close_file()
         self._raise_if_failed()
 
-    def __enter__(self) -> "StoreWriter":
+    def _close_file(self) -> None:
+        try:
+            self._datasets, self._checksums = {}, None
+            self.f.close()
+        except Exception:  # noqa: BLE001 (after a failed write: the count already names only good data)
+            if self._error is None:
+                raise
+        finally:
+            self.lock.file_open = False
+            self.lock.release()
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -419,8 +394,197 @@ class StoreWriter:
         try:
             if not self._closed:
                 self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001
             pass
+
+
+class StoreWriter(_Writer):
+    """Write token rows and their activations to ``path`` (a cache file).
+
+    Args:
+        path: the ``.h5`` file.
+        hooks: ``{hook name: (row_shape, dtype)}``; ``row_shape`` excludes the batch axis,
+            e.g. ``(pos, d_model)``; dtype is float32, float16 or bfloat16 (stored as uint16 bits).
+        seq_len: ``pos``, the width of every token row.
+        attrs: user attributes (model_config, model_source, tokenizer, command, ...);
+            dicts and lists are stored as JSON text.
+        compression: None (default: activations barely compress), "gzip", "lzf", ...
+        mode: "w-" new file, refused if it exists; "w" new file, replacing one (atomically, once
+            the new one is valid); "a" resume: continue after the file's complete rows (hooks must match).
+        meta: per-row metadata columns ``{name: numpy dtype}`` passed to ``append(meta=...)``.
+        max_queue_bytes: memory the queued batches may hold before ``append`` waits.
+        flush_seconds: at most this long between commits (0: after every batch). A SIGKILL
+            loses the rows not yet committed: those queued plus at most this long of writing.
+        durable: fsync before each count is written, so the count survives a power cut too.
+        lock: a ``WriterLock`` on ``path`` the caller already holds (the writer releases it on close).
+        steps, probe_tokens, drop_steps_after: deprecated: use ``RecordingWriter``.
+    """
+
+    MODE = "cache"
+
+    def __new__(cls, *args: Any, steps: bool = False, **kwargs: Any):
+        if steps and cls is StoreWriter:
+            warnings.warn("StoreWriter(steps=True) is now RecordingWriter(...); the old form goes in the next "
+                          "release", FutureWarning, stacklevel=2)
+            return RecordingWriter(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, path: Union[str, Path], hooks: HookSpecs, seq_len: int,
+                 attrs: Optional[Mapping[str, Any]] = None, compression: Optional[str] = None,
+                 mode: str = "w", meta: Optional[Mapping[str, Any]] = None, max_queue_bytes: int = 256 << 20,
+                 flush_seconds: float = 1.0, durable: bool = True, lock: Optional[WriterLock] = None,
+                 steps: bool = False) -> None:
+        self.meta_dtypes = {k: np.dtype(v) for k, v in (meta or {}).items()}
+        super().__init__(path, hooks, seq_len, attrs, compression, mode, max_queue_bytes, flush_seconds,
+                         durable, lock)
+
+    def _create_datasets(self, f: h5py.File, compression: Optional[str]) -> None:
+        f.create_dataset(fmt.TOKENS, (0, self.seq_len), maxshape=(None, self.seq_len), dtype="<i4",
+                         chunks=fmt.chunk_shape((self.seq_len,), 4))
+        for name, dt in self.meta_dtypes.items():
+            f.create_dataset(f"{fmt.META_GROUP}/{name}", (0,), maxshape=(None,), dtype=dt,
+                             chunks=fmt.chunk_shape((), dt.itemsize))
+        for name in self.hooks:
+            self._hook_dataset(f, name, (), compression)
+
+    def _check_resumable(self, f: h5py.File) -> None:
+        super()._check_resumable(f)
+        have_meta = set(f[fmt.META_GROUP]) if fmt.META_GROUP in f else set()
+        if have_meta != set(self.meta_dtypes):
+            raise InputError(f"cannot resume {self.path}: its metadata columns are {sorted(have_meta)}, "
+                             f"not {sorted(self.meta_dtypes)}")
+
+    @property
+    def n_rows(self) -> int:
+        """Rows handed to ``append`` so far, including the file's earlier rows (some may still be queued)."""
+        return self._appended
+
+    def append(self, tokens: torch.Tensor, acts: Mapping[str, torch.Tensor],
+               meta: Optional[Mapping[str, Any]] = None, copy: bool = True) -> None:
+        """Queue ``n`` rows: ``tokens [n, pos]``, ``acts[hook] [n, *row_shape]``, ``meta[name] [n]``.
+
+        Returns as soon as the batch is queued; waits only while the queue holds
+        ``max_queue_bytes``. ``copy=False`` hands the tensors over without a private copy:
+        the caller must not modify them afterwards (fresh activations from a forward pass).
+        """
+        toks = _as_tokens(tokens, self.seq_len)
+        n = toks.shape[0]
+        parts = {f"{fmt.HOOKS_GROUP}/{h}": p for h, p in self._stored(acts, (n,), copy).items()}
+        meta = dict(meta or {})
+        if set(meta) != set(self.meta_dtypes):
+            raise ValueError(f"meta must have exactly the columns {sorted(self.meta_dtypes)}, got {sorted(meta)}")
+        for k, v in meta.items():
+            v = np.asarray(v, dtype=self.meta_dtypes[k]).reshape(-1)
+            if v.shape[0] != n:
+                raise ValueError(f"meta[{k!r}] has {v.shape[0]} values for {n} rows")
+            parts[f"{fmt.META_GROUP}/{k}"] = (v, None, None)
+        parts[fmt.TOKENS] = (toks, None, None)
+        self._put(_Batch(self._appended, self._appended + n, parts))
+
+
+class RecordingWriter(_Writer):
+    """Record fixed probe rows at training steps: ``hooks/<name>`` is ``[steps, rows, *row_shape]``.
+
+    Args as ``StoreWriter``, and:
+        probe_tokens: ``[rows, pos]`` token ids of the probe set (stored once; not needed to resume).
+        drop_steps_after: resuming (``mode="a"``) from a training checkpoint at this step: steps
+            recorded after it (after the checkpoint, before the crash) are dropped, so the resumed
+            run records them again.
+    """
+
+    MODE = "steps"
+    UNIT = "steps"
+
+    def __init__(self, path: Union[str, Path], hooks: HookSpecs, seq_len: int,
+                 attrs: Optional[Mapping[str, Any]] = None, compression: Optional[str] = None,
+                 mode: str = "w", probe_tokens: Optional[torch.Tensor] = None, max_queue_bytes: int = 256 << 20,
+                 flush_seconds: float = 1.0, durable: bool = True, lock: Optional[WriterLock] = None,
+                 drop_steps_after: Optional[int] = None) -> None:
+        if probe_tokens is None and mode != "a":
+            raise ValueError("a recording needs probe_tokens=[rows, pos], the fixed rows recorded at every step")
+        self.probe = None if probe_tokens is None else _as_tokens(probe_tokens, seq_len)
+        self.drop_steps_after = drop_steps_after
+        super().__init__(path, hooks, seq_len, attrs, compression, mode, max_queue_bytes, flush_seconds,
+                         durable, lock)
+        self.n_rows = int(self.f[fmt.TOKENS].shape[0])
+        self._steps = [int(s) for s in self.f[fmt.STEPS][: self._committed]]
+
+    def _create_datasets(self, f: h5py.File, compression: Optional[str]) -> None:
+        f.create_dataset(fmt.TOKENS, data=self.probe)   # fixed size: contiguous
+        f.attrs[fmt.A_ROWS] = self.probe.shape[0]
+        f.create_dataset(fmt.STEPS, (0,), maxshape=(None,), dtype="<i8", chunks=(1024,))
+        for name in self.hooks:
+            self._hook_dataset(f, name, (self.probe.shape[0],), compression)
+
+    def _fixed_checksums(self) -> dict[str, int]:
+        return {fmt.TOKENS: zlib.crc32(np.ascontiguousarray(self.f[fmt.TOKENS][:]))}
+
+    def _cut_to_count(self, f: h5py.File) -> int:
+        n = int(f.attrs[fmt.A_STEPS])
+        if self.drop_steps_after is not None:
+            n = int(np.searchsorted(f[fmt.STEPS][:n], self.drop_steps_after, side="right"))
+            f.attrs[fmt.A_STEPS] = n
+        for name in fmt.counted_datasets(f):
+            f[name].resize(n, axis=0)
+        return n
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps recorded so far, including queued ones."""
+        return list(self._steps)
+
+    def append_step(self, step: int, acts: Mapping[str, torch.Tensor], copy: bool = True) -> None:
+        """Queue one recorded step: ``acts[hook] [rows, *row_shape]`` for the probe rows.
+
+        ``copy=False`` hands the tensors over, as in ``StoreWriter.append``.
+        """
+        step = int(step)
+        if self._steps and step <= self._steps[-1]:
+            raise ValueError(f"steps must increase: got step {step} after step {self._steps[-1]}")
+        parts = {f"{fmt.HOOKS_GROUP}/{h}": (t[None], e, d)
+                 for h, (t, e, d) in self._stored(acts, (self.n_rows,), copy).items()}
+        parts[fmt.STEPS] = (np.array([step], dtype="<i8"), None, None)
+        k = self._appended
+        self._put(_Batch(k, k + 1, parts))
+        self._steps.append(step)
+
+
+def _move_into_place(tmp: Path, path: Path, replace: bool) -> None:
+    """Rename ``tmp`` to ``path``; without ``replace``, never over an existing file (link, then unlink)."""
+    if replace:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileConflictError(f"{path} already exists (created while this run started); choose another "
+                                    "name or replace it (workbench cache --overwrite)") from None
+        except OSError:   # a filesystem without hard links: check, then rename (a narrow race)
+            if path.exists():
+                raise FileConflictError(f"{path} already exists; choose another name or replace it") from None
+            os.rename(tmp, path)
+        else:
+            tmp.unlink()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)       # the new name itself survives a power cut
+    finally:
+        os.close(fd)
+
+
+def _trim_checksums(f: h5py.File, count: int) -> None:
+    """Keep the checksum entries within ``count``; add one for rows past the last entry (older files,
+    or a recording cut back between two commits)."""
+    if fmt.CHECKSUMS not in f:
+        f.create_dataset(fmt.CHECKSUMS, (0, 2), maxshape=(None, 2), dtype="<i8", chunks=(512, 2))
+    ck = f[fmt.CHECKSUMS]
+    table = ck[:]
+    keep = int(np.searchsorted(table[:, 0], count, side="right")) if len(table) else 0
+    ck.resize(keep, axis=0)
+    last = int(table[keep - 1, 0]) if keep else 0
+    if last < count:
+        ck.resize(keep + 1, axis=0)
+        ck[keep] = (count, fmt.UNCHECKED)
 
 
 def _as_tokens(tokens: Any, seq_len: int) -> np.ndarray:
@@ -432,14 +596,20 @@ def _as_tokens(tokens: Any, seq_len: int) -> np.ndarray:
     return a.astype("<i4", copy=True)
 
 
-def _nbytes(item: tuple) -> int:
-    return item[0].numel() * item[0].element_size()
+def _nbytes(x: Any) -> int:
+    return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else x.nbytes
 
 
-def _host_array(t: torch.Tensor, event: Optional[Any], dname: str) -> np.ndarray:
-    if event is not None:
-        event.synchronize()
-    return fmt.to_stored(t, dname)
+def _errno(e: BaseException) -> Optional[int]:
+    """The errno of an OS error, also when h5py reports it only in its message ("errno = 28")."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno:
+            return e.errno
+        m = re.search(r"errno = (\d+)", str(e))
+        if m:
+            return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _diff_hooks(have: dict, want: dict) -> str:
