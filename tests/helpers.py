@@ -74,6 +74,7 @@ def assert_one_line_error(code, err, *needles):
 # A `workbench` process that blocks at a chosen point, so a test signals it at a known moment
 # (never by timing). WB_TEST_BLOCK_AFTER=K: the (K+1)-th StoreWriter.append first waits until the
 # K batches before it are committed, prints "BLOCKED <rows committed>", then waits for a signal.
+# WB_TEST_FILL_AFTER=K: after K committed batches, a filler file takes all free space beside the store.
 # WB_TEST_SLOW_CLOSE=1: closing the store prints "CLOSING" and waits for a line on stdin (signals
 # that arrive meanwhile are held back by the writer).
 _CLI_CHILD = r"""
@@ -90,6 +91,22 @@ if block_after:
             threading.Event().wait()
         return real_append(self, *a, **k)
     W.StoreWriter.append = append
+fill_after = int(os.environ.get("WB_TEST_FILL_AFTER", "0"))
+if fill_after:    # another program fills the disk: a filler file beside the store, written until ENOSPC
+    real_append2, seen = W.StoreWriter.append, [0]
+    def append_then_fill(self, *a, **k):
+        seen[0] += 1
+        if seen[0] == fill_after + 1:
+            self.flush()
+            with open(self.path.parent / "filler", "wb", buffering=0) as f:
+                for size in (1 << 20, 4096, 1):
+                    try:
+                        while True:
+                            f.write(b"x" * size)
+                    except OSError:
+                        pass
+        return real_append2(self, *a, **k)
+    W.StoreWriter.append = append_then_fill
 if os.environ.get("WB_TEST_SLOW_CLOSE"):
     real_close_file = W._Writer._close_file
     def close_file(self):

@@ -122,11 +122,10 @@ def check_left_open(state: FileState, checksums: bool) -> int:
     view = SnapshotView(path, state.eoa)
     try:
         with h5py.File(view, "r") as f:
-            if f.attrs.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:
-                if cut:
-                    raise DamagedFileError(f"{path} is damaged (its store attributes are missing{cut}); "
-                                           "delete it and write it again")
-                raise InputError(f"{path} is an HDF5 file but not a workbench activation store")
+            if f.attrs.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:   # left open by a writer: damaged, or not ours
+                raise DamagedFileError(f"{path} does not read as a workbench activation store (its format "
+                                       f"attribute is {f.attrs.get(fmt.A_FORMAT)!r}{cut}): it is damaged or "
+                                       "another program's file; delete it and write it again")
             return _check_open_file(f, path, view.real_size, checksums)
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         if isinstance(e, (DamagedFileError, InputError)):
