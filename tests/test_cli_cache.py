@@ -251,3 +251,121 @@ def test_model_can_be_a_training_run_folder(tiny_checkpoint, ids_npy, tmp_path, 
     assert code == 0, err
     with ActivationStore.open(out) as s:
         assert list(s.hooks) == ["blocks.1.hook_resid_post"] and len(s) == 4
+
+
+def test_more_bad_input_is_one_clear_line(tiny_checkpoint, ids_npy, docs, tmp_path, capsys):
+    out = tmp_path / "x.h5"
+    base = ["cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID]
+    cases = [
+        (["--device", "bogus"], ["--device 'bogus' is not a device", "cpu, cuda"]),
+        (["--device", "cuda"], ["sees no CUDA GPU", "--device cpu"]),
+        (["--queue-mb", "0"], ["--queue-mb must be at least 1"]),
+        (["--flush-seconds", "-1"], ["--flush-seconds must be 0"]),
+        (["--model-dtype", "bogus"], ["--model-dtype must be one of", "bfloat16"]),
+        (["--dtype", "int8"], ["--dtype must be one of", "float16"]),
+        (["--max-rows", "0"], ["--max-rows must be at least 1"]),
+        (["--threads", "0"], ["--threads must be at least 1"]),
+        (["--documents", "file"], ["--documents applies to text inputs"]),
+    ]
+    if torch.cuda.is_available():
+        cases = [c for c in cases if c[0] != ["--device", "cuda"]]
+    for extra, needles in cases:
+        code, _, err = cli(capsys, *base, "-o", out, *extra)
+        assert_one_line_error(code, err, *needles)
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    code, _, err = cli(capsys, *base, "-o", folder)
+    assert_one_line_error(code, err, "is a folder; pass a file name such as")
+    np.save(tmp_path / "big.npy", np.array([[1, 2, 2**64 - 1]], dtype=np.uint64))
+    code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", tmp_path / "big.npy", "-k", RESID, "-o", out)
+    assert_one_line_error(code, err, "token id 18446744073709551615", "vocabulary [0, 512)")
+    (tmp_path / "blob.txt").write_bytes(b"\x7fELF\x02\x01\x00\x00" + bytes(range(256)) * 4)
+    code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", tmp_path / "blob.txt", "-k", RESID, "-o", out)
+    assert_one_line_error(code, err, "blob.txt looks binary")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", tmp_path / "bad.jsonl", "-k", RESID, "-o", out)
+    assert_one_line_error(code, err, "bad.jsonl line 2 is not valid JSON")
+    code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", docs, "-k", "blocks.0.hook_reid_post", "-o", out)
+    assert_one_line_error(code, err, "closest valid names", f"workbench hooks {tiny_checkpoint}")
+    assert "hook_dict" not in err
+    assert not out.exists() and not list(tmp_path.glob(".x.h5*"))   # no lock or temporary file left
+
+
+def test_disk_check_margin_is_proportional_and_read_only_is_said(tiny_checkpoint, ids_npy, tmp_path, capsys,
+                                                                  monkeypatch):
+    import os as os_mod
+
+    from workbench.store import cache_job
+    job = cache_job.CacheJob(tiny_checkpoint, ids_npy, RESID, tmp_path / "probe.h5")
+    need = job.plan.estimate_bytes
+    job.close()
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=int(need * 1.06) + (256 << 10)))
+    code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-o", tmp_path / "fits.h5")
+    assert code == 0, err                       # a small output that fits is not refused for a fixed margin
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need))
+    code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-o", tmp_path / "no.h5")
+    assert_one_line_error(code, err, "not enough disk space")
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    real_statvfs = os_mod.statvfs
+
+    class ReadOnly:
+        def __init__(self, st):
+            self.st = st
+
+        def __getattr__(self, k):
+            return os_mod.ST_RDONLY if k == "f_flag" else getattr(self.st, k)
+    monkeypatch.setattr(cache_job.os, "statvfs", lambda p: ReadOnly(real_statvfs(p)))
+    code, _, err = cli(capsys, "cache", tiny_checkpoint, "-i", ids_npy, "-k", RESID, "-o", tmp_path / "ro.h5")
+    assert_one_line_error(code, err, "is on a read-only filesystem")
+
+
+def test_plan_wording_one_hook_and_rows_as_they_are(tiny_checkpoint, ids_npy, tmp_path, capsys):
+    code, stdout, err = cli(capsys, "cache", tiny_checkpoint, "-i", ids_npy, "-k", "blocks.0.hook_resid_post",
+                            "-o", tmp_path / "one.h5", "--max-rows", 8)
+    assert code == 0, err
+    assert "8 rows x 16 tokens (token ids, one row each)" in stdout and "packed" not in stdout
+    assert "of 1 hook in" in stdout and "1 hooks" not in stdout
+
+
+def test_default_seq_len_never_exceeds_the_context(tmp_path, docs, capsys):
+    from helpers import make_hf_phi, save_checkpoint
+    ckpt = save_checkpoint(make_hf_phi(n_ctx=64), tmp_path / "ctx64")
+    code, stdout, err = cli(capsys, "cache", ckpt, "-i", docs, "-k", RESID, "-o", tmp_path / "c.h5")
+    assert code == 0, err
+    assert "x 64 tokens" in stdout
+    assert ActivationStore.open(tmp_path / "c.h5").seq_len == 64
+
+
+def test_help_is_not_cut_off(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, stdout, _ = cli(capsys, "cache", "--help")
+    assert code == 0 and "…" not in stdout
+    assert "workbench hooks" in stdout and "(resid_post3)" in stdout
+
+
+def test_final_layernorm_and_split_input_hooks(tiny_checkpoint, tiny_model, ids_npy, tmp_path, capsys):
+    """ln_final hooks can be cached; a split input named exactly is switched on for the run (and the plan
+    says so), while a glob leaves switched-off split inputs out instead of failing."""
+    out = tmp_path / "split.h5"
+    code, stdout, err = cli(capsys, "cache", tiny_checkpoint, "-i", ids_npy, "-k", "ln_final.hook_scale",
+                            "-k", "ln_final.hook_normalized", "-k", "blocks.0.hook_k_input", "-k", "blocks.1.hook_mlp_in",
+                            "-o", out, "--max-rows", 6, "--dtype", "float32")
+    assert code == 0, err
+    assert "model.set_use_hook_mlp_in(True), model.set_use_split_qkv_input(True)" in stdout
+    toks = torch.from_numpy(np.load(ids_npy)[:6])
+    names = ["ln_final.hook_scale", "ln_final.hook_normalized", "blocks.0.hook_k_input", "blocks.1.hook_mlp_in"]
+    tiny_model.set_use_split_qkv_input(True)
+    tiny_model.set_use_hook_mlp_in(True)
+    with torch.no_grad():
+        _, ref = tiny_model.run_with_cache(toks, names_filter=names)
+    with ActivationStore.open(out) as s:
+        assert s.hooks["blocks.0.hook_k_input"][0] == (16, 2, 160) and s.hooks["ln_final.hook_scale"][0] == (16, 1)
+        for h in names:
+            torch.testing.assert_close(s[h][:], ref[h], rtol=0, atol=1e-5)
+    code, stdout, err = cli(capsys, "cache", tiny_checkpoint, "-i", ids_npy, "-k", "blocks.0.*", "-o",
+                            tmp_path / "glob.h5", "--max-rows", 2)
+    assert code == 0, err
+    with ActivationStore.open(tmp_path / "glob.h5") as s:
+        assert "blocks.0.attn.hook_pattern" in s.hooks and "blocks.0.hook_q_input" not in s.hooks
+        assert "blocks.1.hook_resid_post" not in s.hooks

@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import typer
 
-HOOKS_HELP = ("Hook name, TransformerLens shorthand or glob, e.g. 'blocks.*.hook_resid_post'. "
+# No long unbreakable words in option help: rich cuts them off with an ellipsis in its narrow column.
+HOOKS_HELP = ("Hook name, TransformerLens shorthand (resid_post3) or glob (as in the example above). "
               "Repeatable. List them with `workbench hooks MODEL`.")
 INPUT_HELP = ("A .txt file (one document per line), a code or prose file (.py, .md, ...: the whole file is "
               "one document, newlines kept), a folder of such files (each one document), JSONL "
