@@ -350,3 +350,25 @@ def test_sigkill_leaves_complete_rows_and_resume_continues(tmp_path):
     if shutil.which("h5dump"):   # closed cleanly again: the standard tools read it
         out = subprocess.run(["h5dump", "-H", str(path)], capture_output=True, text=True)
         assert out.returncode == 0 and "hooks" in out.stdout
+
+
+@pytest.mark.parametrize("flush_seconds", [0, 1000])
+def test_whole_chunks_written_directly_keep_every_row(tmp_path, monkeypatch, flush_seconds):
+    """Rows in 4-row chunks, appended in uneven batches, closed and resumed mid-chunk: every row intact."""
+    from workbench.store import format as fmt
+    monkeypatch.setattr(fmt, "CHUNK_TARGET_ROWS", 4)
+    monkeypatch.setattr(fmt, "CHUNK_MIN_BYTES", 0)
+    hooks = {"h": ((3, 5), torch.float32)}
+    rows = torch.arange(60 * 15, dtype=torch.float32).reshape(60, 3, 5)
+    path, at = tmp_path / "d.h5", 0
+    direct = []
+    for sizes, mode in [([3, 1, 6, 4, 2, 7], "w"), ([5, 9, 1, 8, 14], "a")]:   # 23 rows, then resumed: 60
+        with StoreWriter(path, hooks, seq_len=2, mode=mode, flush_seconds=flush_seconds) as w:
+            direct.append(list(w._direct))
+            for n in sizes:
+                w.append(torch.zeros(n, 2, dtype=torch.long), {"h": rows[at:at + n]}, copy=False)
+                at += n
+    assert direct == [["hooks/h"], ["hooks/h"]]          # the direct path was taken
+    with ActivationStore.open(path) as s:
+        assert s.f["hooks/h"].chunks == (4, 3, 5)
+        assert torch.equal(s["h"][:], rows) and s.verify() == 60

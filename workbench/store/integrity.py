@@ -9,14 +9,13 @@ with the superblock's "open for writing" flags cleared in memory, read by a plai
 (non-SWMR) HDF5 open that fails at once on damaged metadata instead of retrying.
 Through it, it checks that every chunk the row count covers lies inside the real
 file (a truncated file would otherwise read zeros), and, where asked, that the
-bytes of each commit still match the CRC-32 the writer stored with it.
+bytes of each commit still match the CRC-32C the writer stored with it.
 """
 from __future__ import annotations
 
 import io
 import os
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -115,7 +114,7 @@ def check_left_open(state: FileState, checksums: bool) -> int:
     """Check a file whose writer died; returns its count of complete rows (or steps).
 
     Every chunk the count covers must lie inside the file; with ``checksums`` each
-    commit's bytes must match its stored CRC-32. Raises ``DamagedFileError`` otherwise.
+    commit's bytes must match its stored CRC-32C. Raises ``DamagedFileError`` otherwise.
     """
     path = state.path
     cut = f", and truncated: {state.size:,} of its {state.eoa:,} bytes are there" if state.size < state.eoa else ""
@@ -179,7 +178,7 @@ def _bytes_needed(ds: h5py.Dataset, count: Optional[int]) -> int:
 
 
 def verify_checksums(f: h5py.File, path: Path, count: int, names: list[str], fixed: list[str]) -> None:
-    """Every commit's bytes against the CRC-32 stored with it (files without checksums: nothing to check)."""
+    """Every commit's bytes against the CRC-32C stored with it (files without checksums: nothing to check)."""
     if fmt.CHECKSUMS not in f:
         return
     table = f[fmt.CHECKSUMS][:]
@@ -204,7 +203,7 @@ def _crc_rows(ds: h5py.Dataset, start: Optional[int], end: Optional[int]) -> int
     step = max(1, (64 << 20) // row_bytes)                 # read at most ~64 MB at a time
     crc = 0
     for i in range(start, end, step):
-        crc = zlib.crc32(np.ascontiguousarray(ds[i:min(end, i + step)]), crc)
+        crc = fmt.checksum(np.ascontiguousarray(ds[i:min(end, i + step)]), crc)
     return crc
 
 

@@ -139,7 +139,7 @@ class ActivationStore:
         return _state_note(examine(self.path))
 
     def verify(self) -> int:
-        """Read every complete entry and check it against the CRC-32 its writer stored with it.
+        """Read every complete entry and check it against the CRC-32C its writer stored with it.
 
         Returns the number of entries checked; raises ``DamagedFileError`` at the first mismatch.
         Files written before checksums existed have nothing to check (returns 0).
