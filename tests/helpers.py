@@ -108,12 +108,12 @@ if fill_after:    # another program fills the disk: a filler file beside the sto
         return real_append2(self, *a, **k)
     W.StoreWriter.append = append_then_fill
 if os.environ.get("WB_TEST_SLOW_CLOSE"):
-    real_close_file = W._Writer._close_file
+    real_close_file = W.StoreWriter._close_file
     def close_file(self):
         print("CLOSING", flush=True)
         sys.stdin.readline()
         real_close_file(self)
-    W._Writer._close_file = close_file
+    W.StoreWriter._close_file = close_file
 from workbench.cli import main
 sys.argv = ["workbench", *sys.argv[1:]]
 main()

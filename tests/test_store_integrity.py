@@ -100,14 +100,15 @@ def test_an_output_created_after_the_checks_is_not_replaced(tiny_checkpoint, tmp
 
 _KILL_WHILE_CREATING = """
 import os, signal, sys, torch
-from workbench.store import writer as W
+from workbench.store import writer_core as W
 real = W._move_into_place
 def move(tmp, path, replace):
     if sys.argv[2] == "after":
         real(tmp, path, replace)
     os.kill(os.getpid(), signal.SIGKILL)
 W._move_into_place = move
-W.StoreWriter(sys.argv[1], {"h": ((8, 32), torch.float16)}, seq_len=8, mode="w-")
+from workbench.store import StoreWriter
+StoreWriter(sys.argv[1], {"h": ((8, 32), torch.float16)}, seq_len=8, mode="w-")
 """
 
 

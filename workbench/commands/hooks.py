@@ -21,13 +21,16 @@ def register(app: typer.Typer) -> None:
         """
         from workbench.hooks.names import match_names
         from workbench.model import PhiConfig
-        from workbench.model.hf_format import resolve_checkpoint
+        from workbench.errors import InputError
+        from workbench.model.hf_format import CheckpointError, resolve_checkpoint
         from workbench.store.capture import hook_shapes_of_config
         from workbench.store.inspect import plural
 
-        cfg = PhiConfig.from_hf(resolve_checkpoint(model))
+        try:
+            cfg = PhiConfig.from_hf(resolve_checkpoint(model))
+        except CheckpointError as e:
+            raise InputError(str(e)) from None
         if seq_len < 1 or seq_len > cfg.n_ctx:
-            from workbench.errors import InputError
             raise InputError(f"--seq-len must be between 1 and the model's context ({cfg.n_ctx}), got {seq_len}")
         shapes = hook_shapes_of_config(cfg, seq_len)
         typer.echo(f"{model}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, "

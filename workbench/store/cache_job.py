@@ -32,6 +32,7 @@ import torch
 
 from workbench.errors import DiskFullError, FileConflictError, InputError, MissingFileError
 from workbench.model import PhiModel
+from workbench.model.hf_format import CheckpointError
 
 from . import format as fmt
 from .capture import Capture
@@ -130,8 +131,7 @@ class CacheJob:
     def _plan(self, model: Any, input: Path, hooks: Any, seq_len: Optional[int], max_rows: Optional[int],
               store_dtype: str, run_dtype: torch.dtype, device: str, pack: bool, documents: Optional[str],
               text_field: str) -> CachePlan:
-        phi = model if isinstance(model, PhiModel) else PhiModel.from_pretrained(str(model), dtype=run_dtype,
-                                                                                 device=device)
+        phi = model if isinstance(model, PhiModel) else load_model(model, run_dtype, device)
         capture = Capture(phi, hooks)       # unknown names: UnknownHookError with the closest ones
         source = RowSource(input, seq_len, tokenizer=phi.tokenizer, pack=pack, text_field=text_field,
                            max_rows=max_rows, d_vocab=phi.cfg.d_vocab, documents=documents, n_ctx=phi.cfg.n_ctx)
@@ -200,6 +200,14 @@ def cache_activations(model: Union[str, Path, PhiModel], input: Union[str, Path]
                       out: Union[str, Path], **options: Any) -> CacheResult:
     """``workbench cache`` from Python: plan, then run; options as ``CacheJob``'s."""
     return CacheJob(model, input, hooks, out, **options).run()
+
+
+def load_model(source: Union[str, Path], dtype: torch.dtype, device: str) -> PhiModel:
+    """``PhiModel.from_pretrained``; a checkpoint that cannot be loaded is the user's to fix (one line)."""
+    try:
+        return PhiModel.from_pretrained(str(source), dtype=dtype, device=device)
+    except CheckpointError as e:
+        raise InputError(str(e)) from None
 
 
 # -- checks -------------------------------------------------------------------------------------

@@ -50,7 +50,10 @@ class WriterLock:
         if _key(self.path) in _HELD:
             raise FileConflictError(f"{self.path} is already being written by this process; "
                                     "close its StoreWriter first")
-        self.file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the folder {self.file.parent} for {self.path}: {e.strerror}") from None
         busy = 0
         while self.fd is None:
             fd = self._open()
@@ -84,10 +87,9 @@ class WriterLock:
         except PermissionError:
             raise InputError(f"cannot write {self.path}: {self.file.parent} is not writable") from None
         except OSError as e:
-            if e.errno == errno.EROFS:
-                raise InputError(f"cannot write {self.path}: {self.file.parent} is on a read-only "
-                                 "filesystem") from None
-            raise
+            where = "is on a read-only filesystem" if e.errno == errno.EROFS else f"does not take new files " \
+                f"({e.strerror})"
+            raise InputError(f"cannot write {self.path}: {self.file.parent} {where}; choose another folder") from None
 
     @property
     def held(self) -> bool:
