@@ -140,7 +140,8 @@ def _check_open_file(f: h5py.File, path: Path, real_size: int, checksums: bool) 
     count = int(f.attrs[fmt.count_attr(mode)])
     names = fmt.counted_datasets(f)
     fixed = [fmt.TOKENS] if mode == "steps" else []
-    need = max([_bytes_needed(f[n], count) for n in names] + [_bytes_needed(f[n], None) for n in fixed] + [0])
+    whole = fixed + ([fmt.CHECKSUMS] if fmt.CHECKSUMS in f else [])   # written before the count, every commit
+    need = max([_bytes_needed(f[n], count) for n in names] + [_bytes_needed(f[n], None) for n in whole] + [0])
     if need > real_size:
         what = "steps" if mode == "steps" else "rows"
         raise DamagedFileError(f"{path} is truncated: it holds {real_size:,} bytes but its {count:,} complete "
