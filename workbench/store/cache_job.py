@@ -71,6 +71,7 @@ class CacheResult:
     seconds: float
     bytes_written: int
     file_bytes: int
+    writer_cpu_seconds: float = 0.0  # the writer thread's CPU time (beside the forward passes)
 
 
 class CacheJob:
@@ -189,7 +190,7 @@ class CacheJob:
                 self.rows_saved = writer.committed
         dt = time.monotonic() - t0
         return CacheResult(writer.committed, writer.committed - p.done_rows, dt, writer.bytes_written,
-                           self.out.stat().st_size)
+                           self.out.stat().st_size, writer.thread_cpu_seconds)
 
     def close(self) -> None:
         """Release the output's lock without running (``run`` releases it itself)."""

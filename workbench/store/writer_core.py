@@ -69,6 +69,7 @@ class _Writer:
         self.hooks = {n: (tuple(int(d) for d in s), fmt.dtype_name(d)) for n, (s, d) in hooks.items()}
         self.max_queue_bytes, self.flush_seconds, self.durable = int(max_queue_bytes), float(flush_seconds), durable
         self.bytes_written = 0
+        self.thread_cpu_seconds = 0.0      # CPU time the writer thread spent casting, checksumming, writing
         if lock is not None and not (lock.held and os.path.abspath(lock.path) == os.path.abspath(self.path)):
             raise ValueError(f"lock= must be a held WriterLock on {self.path}")
         self.lock = lock if lock is not None else WriterLock(self.path)
@@ -262,12 +263,14 @@ class _Writer:
                     return
                 batch = self._queue[0]
             if self._error is None:
+                cpu = time.thread_time()
                 try:
                     self._write(batch)
                     if time.monotonic() - self._last_commit >= self.flush_seconds:
                         self._commit()
                 except BaseException as e:  # noqa: BLE001 (reported to the caller by append/flush/close)
                     self._fail(e)
+                self.thread_cpu_seconds += time.thread_time() - cpu
             with self._cond:
                 self._queue.popleft()
                 self._queued_bytes -= batch.nbytes
