@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers import _CLI_CHILD, cli
-from workbench.store import ActivationStore
+from workbench.store import ActivationStore, CacheJob
 
 RESID = "blocks.*.hook_resid_post"
 LIMIT = 3_000_000   # bytes: the first 204-row chunks of both hooks fit, the next ones do not
@@ -30,12 +30,10 @@ def setup(tiny_checkpoint, tmp_path_factory):
     """``(args without -o, reference store of the whole input)``."""
     d = tmp_path_factory.mktemp("full")
     ids = d / "ids.npy"
-    np.save(ids, np.random.default_rng(3).integers(0, 512, size=(1000, 16)))
+    np.save(ids, np.random.default_rng(3).integers(0, 512, size=(480, 16)))
     args = ["cache", tiny_checkpoint, "-i", ids, "-k", RESID, "--flush-seconds", 0]
     ref = d / "whole.h5"
-    res = subprocess.run([_python(), "-c", _CLI_CHILD, *map(str, args), "-o", str(ref)], capture_output=True,
-                         text=True)
-    assert res.returncode == 0, res.stderr
+    CacheJob(tiny_checkpoint, ids, RESID, ref, flush_seconds=0).run()   # in this process: no start-up cost
     return args, ref
 
 
@@ -57,7 +55,7 @@ def _check_full_then_resume(first: subprocess.CompletedProcess, out_after_full: 
     assert "Traceback" not in first.stderr
     saved = int(err[0].split("is full: ")[1].split(" rows")[0].replace(",", ""))
     with ActivationStore.open(out_after_full) as s, ActivationStore.open(ref) as whole:
-        assert len(s) == saved and 0 < saved < 1000 and saved % 8 == 0
+        assert len(s) == saved and 0 < saved < 480 and saved % 8 == 0
         for h in s.hooks:              # the rows it claims are the real ones, not zeros
             assert torch.equal(s[h][:], whole[h][:saved]), h
         assert s.verify() == saved
@@ -73,7 +71,7 @@ def test_disk_full_by_file_size_limit(setup, tmp_path, capsys):
     code, stdout, err = cli(capsys, *args, "-o", out, "--resume")     # "space freed": no limit in this process
     assert code == 0, err
     with ActivationStore.open(out) as s, ActivationStore.open(ref) as whole:
-        assert len(s) == 1000 and all(torch.equal(s[h][:], whole[h][:]) for h in s.hooks)
+        assert len(s) == 480 and all(torch.equal(s[h][:], whole[h][:]) for h in s.hooks)
 
 
 _IN_NAMESPACE = """
@@ -106,4 +104,4 @@ def test_disk_full_on_a_real_small_filesystem(setup, tmp_path):
     _check_full_then_resume(first, tmp_path / "after_full.h5", ref)
     assert (tmp_path / "second.rc").read_text().strip() == "0", (tmp_path / "second.err").read_text()[-3000:]
     with ActivationStore.open(tmp_path / "resumed.h5") as s, ActivationStore.open(ref) as whole:
-        assert len(s) == 1000 and all(torch.equal(s[h][:], whole[h][:]) for h in s.hooks)
+        assert len(s) == 480 and all(torch.equal(s[h][:], whole[h][:]) for h in s.hooks)
