@@ -367,3 +367,21 @@ def test_final_layernorm_and_split_input_hooks(tiny_checkpoint, tiny_model, ids_
     with ActivationStore.open(tmp_path / "glob.h5") as s:
         assert "blocks.0.attn.hook_pattern" in s.hooks and "blocks.0.hook_q_input" not in s.hooks
         assert "blocks.1.hook_resid_post" not in s.hooks
+
+
+def test_old_names_still_work_with_a_warning(tiny_checkpoint, ids_npy, tmp_path, capsys):
+    from workbench.commands.cache import run_cache
+    with pytest.warns(FutureWarning, match="CacheJob"):
+        run_cache(tiny_checkpoint, ids_npy, [RESID], tmp_path / "old.h5", max_rows=8)
+    assert "done: 8 rows" in capsys.readouterr().out
+    with ActivationStore.open(tmp_path / "old.h5") as s:
+        assert getattr(s, "steps", []) == []        # how the old code asked a cache file for steps
+        with pytest.raises(AttributeError, match="isinstance"):
+            s.steps
+    with pytest.warns(FutureWarning, match="workbench.store.dataset"):
+        import importlib
+        import sys
+        sys.modules.pop("workbench.store.probe", None)
+        old = importlib.import_module("workbench.store.probe")
+    from workbench.store.dataset import ProbeDataset
+    assert old.ProbeDataset is ProbeDataset

@@ -23,6 +23,7 @@ def test_a_pattern_lists_names_one_by_one(tiny_checkpoint, capsys):
     names = [ln.split()[0] for ln in stdout.splitlines() if ln.startswith("blocks.")]
     assert names == ["blocks.1.attn.hook_q", "blocks.1.attn.hook_k"]
     code, _, err = cli(capsys, "hooks", tiny_checkpoint, "blocks.1.hook_reid_post")
-    assert_one_line_error(code, err, "closest valid names", "blocks.1.hook_resid_post")
+    assert_one_line_error(code, err, "closest valid names", "blocks.1.hook_resid_post", "without a pattern")
+    assert "hook_dict" not in err
     code, _, err = cli(capsys, "hooks", tiny_checkpoint, "--seq-len", 9999)
     assert_one_line_error(code, err, "--seq-len must be between 1 and the model's context (256)")

@@ -65,10 +65,26 @@ def register(app: typer.Typer) -> None:
                            command=["workbench", *sys.argv[1:]])
         except UnknownHookError as e:
             from workbench.errors import InputError
-            raise InputError(f"no hook point named {e.name!r}; closest valid names: {', '.join(e.suggestions)}. "
-                             f"List them all with `workbench hooks {model}`") from None
+            raise InputError(f"no hook point named {e.name!r}; closest valid names: "
+                             f"{', '.join(e.suggestions) or '(none close)'}. List them all with "
+                             f"`workbench hooks {model}`") from None
         _print_plan(job, n_threads)
         _run(job)
+
+
+def run_cache(model: str, input: Path, hooks: List[str], out: Path, **options) -> None:
+    """Deprecated: the body of ``workbench cache`` is now ``workbench.store.CacheJob``; this prints as
+    the command does. Goes in the next release."""
+    import warnings
+
+    from workbench.store import CacheJob
+    from workbench.threads import use_threads
+    warnings.warn("workbench.commands.cache.run_cache is now workbench.store.CacheJob / cache_activations; "
+                  "run_cache goes in the next release", FutureWarning, stacklevel=2)
+    n_threads = use_threads(options.pop("threads", None))
+    job = CacheJob(model, input, hooks, out, **options)
+    _print_plan(job, n_threads)
+    _run(job)
 
 
 def _print_plan(job, n_threads: int) -> None:

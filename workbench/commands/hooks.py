@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
         Example: workbench hooks ./phi-2 'blocks.0.attn.*'
         """
-        from workbench.hooks.names import match_names
+        from workbench.hooks.names import UnknownHookError, match_names
         from workbench.model import PhiConfig
         from workbench.errors import InputError
         from workbench.model.hf_format import CheckpointError, resolve_checkpoint
@@ -36,7 +36,13 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{model}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, "
                    f"d_mlp {cfg.d_mlp}, vocab {cfg.d_vocab:,}, context {cfg.n_ctx:,}")
         typer.echo(f"shapes of one row of {seq_len} tokens (the batch axis left out)\n")
-        rows = _rows(shapes, cfg.n_layers, match_names(pattern, list(shapes)) if pattern else None)
+        try:
+            chosen = match_names(pattern, list(shapes)) if pattern else None
+        except UnknownHookError as e:
+            raise InputError(f"no hook point matches {e.name!r}; closest valid names: "
+                             f"{', '.join(e.suggestions) or '(none close)'}. Run `workbench hooks {model}` "
+                             "without a pattern to list them all") from None
+        rows = _rows(shapes, cfg.n_layers, chosen)
         width = max(len(name) for name, _, _ in rows)
         for name, shape, note in rows:
             typer.echo(f"{name:<{width}}  {str(list(shape)):<18}{note}".rstrip())

@@ -228,8 +228,10 @@ class CacheStore(_Rows, ActivationStore):
         return self._hook_view(hook, self.n_rows)
 
     def __getattr__(self, name: str) -> Any:
+        # Not a property returning []: isinstance(x, StepSource) probes these names with hasattr.
         if name in ("steps", "at_step"):
-            raise AttributeError(f"{self.path} is a cache file, not a training recording: it has no steps")
+            raise AttributeError(f"{self.path} is a cache file, not a training recording: it has no steps "
+                                 "(test isinstance(store, Recording))")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
