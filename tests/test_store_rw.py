@@ -371,3 +371,20 @@ def test_whole_chunks_written_directly_keep_every_row(tmp_path, monkeypatch, flu
     with ActivationStore.open(path) as s:
         assert s.f["hooks/h"].chunks == (4, 3, 5)
         assert torch.equal(s["h"][:], rows) and s.verify() == 60
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_each_commit_syncs_the_data_before_the_count(tmp_path, monkeypatch, durable):
+    from workbench.store import writer_core
+    events = []
+    real_fsync, real_flush = writer_core.os.fsync, writer_core.h5py.File.flush
+    monkeypatch.setattr(writer_core.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(writer_core.h5py.File, "flush", lambda self: (events.append("flush"), real_flush(self))[1])
+    toks, acts = _data(n=6)
+    w = StoreWriter(tmp_path / "s.h5", {RESID: ((8, 16), torch.bfloat16)}, seq_len=8, flush_seconds=0,
+                    durable=durable)
+    events.clear()
+    w.append(toks[:3], {RESID: acts[RESID][:3]})
+    w.flush()
+    assert events[:3] == (["flush", "fsync", "flush"] if durable else ["flush", "flush"])[:3]
+    w.close()
