@@ -324,6 +324,8 @@ def test_plan_wording_one_hook_and_rows_as_they_are(tiny_checkpoint, ids_npy, tm
     assert code == 0, err
     assert "8 rows x 16 tokens (token ids, one row each)" in stdout and "packed" not in stdout
     assert "of 1 hook in" in stdout and "1 hooks" not in stdout
+    code, stdout, err = cli(capsys, "inspect", tmp_path / "one.h5")
+    assert "(npy, rows as they are, sha256" in stdout and "packed" not in stdout
 
 
 def test_default_seq_len_never_exceeds_the_context(tmp_path, docs, capsys):

@@ -329,7 +329,7 @@ class RowSource:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
         return {"path": str(self.path.resolve()), "sha256": h.hexdigest(), "kind": self.kind,
-                "seq_len": self.seq_len, "pack": self.pack, "documents": self.documents,
+                "seq_len": self.seq_len, "pack": self.pack, "packed": self.packed, "documents": self.documents,
                 "text_field": self.text_field if self.kind == "jsonl" else None}
 
 

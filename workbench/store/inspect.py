@@ -110,7 +110,8 @@ def _origin_lines(a: dict) -> list[str]:
     lines = []
     inp = a.get("input")
     if isinstance(inp, dict):
-        how = "packed" if inp.get("pack") else "truncated"
+        how = "packed" if inp.get("packed", inp.get("pack")) else ("rows as they are" if inp.get("kind") == "npy"
+                                                                    else "truncated")
         docs = {"lines": ", one document per line", "file": ", whole files"}.get(inp.get("documents"), "")
         lines.append(f"  input        {inp.get('path')} ({inp.get('kind')}{docs}, {how}, sha256 "
                      f"{str(inp.get('sha256', ''))[:12]})")
