@@ -374,7 +374,7 @@ class _Writer:
 
     def _close_file(self) -> None:
         try:
-            self._datasets, self._checksums = {}, None
+            self._datasets, self._direct, self._checksums = {}, {}, None   # no dataset handle outlives the file
             self.f.close()
         except Exception:  # noqa: BLE001 (after a failed write: the count already names only good data)
             if self._error is None:
