@@ -87,7 +87,7 @@ def bench_gpu(preset: str, micro: int, seq: int, steps: int, compile_: bool) -> 
     n = sum(p.numel() for p in model.parameters())
     toks = torch.randint(0, cfg.d_vocab, (micro, seq + 1), device=dev)
     probe = torch.randint(0, cfg.d_vocab, (16, 129), device=dev)
-    from workbench.store import StoreWriter
+    from workbench.store import RecordingWriter
 
     def step(record: "StoreWriter | None", i: int) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -112,8 +112,8 @@ def bench_gpu(preset: str, micro: int, seq: int, steps: int, compile_: bool) -> 
             with torch.no_grad():
                 model.run_with_hooks(probe[:1], return_type=None, fwd_hooks=[
                     (h, lambda t, hook: shapes.__setitem__(hook.name, tuple(t.shape[1:]))) for h in FOUR_HOOKS])
-            writer = StoreWriter(tmp / "rec.h5", {h: (s, "bfloat16") for h, s in shapes.items()},
-                                 seq_len=probe.shape[1], steps=True, probe_tokens=probe.cpu())
+            writer = RecordingWriter(tmp / "rec.h5", {h: (s, "bfloat16") for h, s in shapes.items()},
+                                     seq_len=probe.shape[1], probe_tokens=probe.cpu())
         for i in range(3):
             step(writer, i)
         torch.cuda.synchronize()

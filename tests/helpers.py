@@ -93,7 +93,7 @@ def uniform_attention(batch, heads, n):
 def write_recording(path, patterns_by_step, n_rep, period, extra_attrs=None):
     """A training recording of layer-0 patterns ``{step: [rows, head, pos, pos]}``: ``n_rep`` repeated rows
     (period ``period`` over ids [0, 64) after a BOS), then validation-text rows, with the trainer's attributes."""
-    from workbench.store import StoreWriter
+    from workbench.store import RecordingWriter
     from workbench.tasks import repeated_random_tokens
     first = next(iter(patterns_by_step.values()))
     n_rows, heads, n = first.shape[0], first.shape[1], first.shape[-1]
@@ -102,7 +102,84 @@ def write_recording(path, patterns_by_step, n_rep, period, extra_attrs=None):
     attrs = {"probe_period": period, "probe_offset": 1, "probe_repeated_rows": n_rep, "probe_repeats": 2,
              "train_config": {"data": {"synthetic_vocab_size": 64}}, **(extra_attrs or {})}
     hook = "blocks.0.attn.hook_pattern"
-    with StoreWriter(path, hooks={hook: ((heads, n, n), torch.float32)}, seq_len=n, steps=True,
-                     probe_tokens=tokens, attrs=attrs) as w:
+    with RecordingWriter(path, hooks={hook: ((heads, n, n), torch.float32)}, seq_len=n,
+                         probe_tokens=tokens, attrs=attrs) as w:
         for step, pats in patterns_by_step.items():
             w.append_step(step, {hook: pats})
+
+
+# A `workbench` process that blocks at a chosen point, so a test signals it at a known moment
+# (never by timing). WB_TEST_BLOCK_AFTER=K: the (K+1)-th StoreWriter.append first waits until the
+# K batches before it are committed, prints "BLOCKED <rows committed>", then waits for a signal.
+# WB_TEST_FILL_AFTER=K: after K committed batches, a filler file takes all free space beside the store.
+# WB_TEST_SLOW_CLOSE=1: closing the store prints "CLOSING" and waits for a line on stdin (signals
+# that arrive meanwhile are held back by the writer).
+_CLI_CHILD = r"""
+import os, sys, threading
+from workbench.store import writer as W
+block_after = int(os.environ.get("WB_TEST_BLOCK_AFTER", "0"))
+if block_after:
+    real_append, calls = W.StoreWriter.append, [0]
+    def append(self, *a, **k):
+        calls[0] += 1
+        if calls[0] > block_after:
+            self.flush()
+            print("BLOCKED", self.committed, flush=True)
+            threading.Event().wait()
+        return real_append(self, *a, **k)
+    W.StoreWriter.append = append
+fill_after = int(os.environ.get("WB_TEST_FILL_AFTER", "0"))
+if fill_after:    # another program fills the disk: a filler file beside the store, written until ENOSPC
+    real_append2, seen = W.StoreWriter.append, [0]
+    def append_then_fill(self, *a, **k):
+        seen[0] += 1
+        if seen[0] == fill_after + 1:
+            self.flush()
+            with open(self.path.parent / "filler", "wb", buffering=0) as f:
+                for size in (1 << 20, 4096, 1):
+                    try:
+                        while True:
+                            f.write(b"x" * size)
+                    except OSError:
+                        pass
+        return real_append2(self, *a, **k)
+    W.StoreWriter.append = append_then_fill
+if os.environ.get("WB_TEST_SLOW_CLOSE"):
+    real_close_file = W.StoreWriter._close_file
+    def close_file(self):
+        print("CLOSING", flush=True)
+        sys.stdin.readline()
+        real_close_file(self)
+    W.StoreWriter._close_file = close_file
+from workbench.cli import main
+sys.argv = ["workbench", *sys.argv[1:]]
+main()
+"""
+
+
+def start_cli(args, tmp_path: Path, block_after: int = 0, slow_close: bool = False, preexec_fn=None):
+    """Start `workbench ARGS` in a child process (see _CLI_CHILD); stderr goes to a file (tqdm writes a lot)."""
+    import os
+    import subprocess
+    env = dict(os.environ, WB_TEST_BLOCK_AFTER=str(block_after), WB_TEST_SLOW_CLOSE="1" if slow_close else "")
+    err = open(tmp_path / f"stderr-{os.urandom(4).hex()}.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-c", _CLI_CHILD, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=err, text=True, env=env, preexec_fn=preexec_fn)
+    proc.err_file = err
+    return proc
+
+
+def wait_for(proc, word: str) -> str:
+    """Read the child's stdout until a line starting with ``word``; returns that line."""
+    for line in proc.stdout:
+        if line.startswith(word):
+            return line.strip()
+    raise AssertionError(f"the process ended (exit {proc.wait()}) before printing {word!r}: "
+                         f"{finish(proc)[2][-2000:]}")
+
+
+def finish(proc, timeout: float = 300):
+    """Wait for the child; returns ``(exit code, rest of stdout, stderr)``."""
+    out, _ = proc.communicate(timeout=timeout)
+    proc.err_file.seek(0)
+    return proc.returncode, out, proc.err_file.read()

@@ -91,10 +91,10 @@ def test_probes_stream_from_a_store_like_memory(tmp_path):
 
 
 def test_probes_across_recorded_steps(tmp_path):
-    from workbench.store import ActivationStore, StoreWriter
+    from workbench.store import ActivationStore, RecordingWriter
     tokens, x, y = _synthetic(rows=30, d=8)
-    with StoreWriter(tmp_path / "r.h5", hooks={"h": ((6, 8), torch.float32)}, seq_len=6, steps=True,
-                     probe_tokens=tokens) as w:
+    with RecordingWriter(tmp_path / "r.h5", hooks={"h": ((6, 8), torch.float32)}, seq_len=6,
+                         probe_tokens=tokens) as w:
         w.append_step(0, {"h": torch.randn_like(x)})            # before training: noise
         w.append_step(10, {"h": x})                              # after: the signal
     rows = probes_across_steps(ActivationStore.open(tmp_path / "r.h5"), "h", y, epochs=15, lr=0.05)

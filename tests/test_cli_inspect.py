@@ -40,13 +40,19 @@ def test_inspect_rejects_non_stores(tmp_path, capsys):
 def test_inspect_describes_a_training_recording(tmp_path, capsys):
     import torch
 
-    from workbench.store import StoreWriter
+    from workbench.store import RecordingWriter
     path = tmp_path / "activations.h5"
-    with StoreWriter(path, {"blocks.0.attn.hook_pattern": ((2, 8, 8), torch.float16)}, seq_len=8, steps=True,
-                     probe_tokens=torch.zeros(6, 8, dtype=torch.long), attrs={"model_source": "runs/a"}) as w:
+    attrs = {"run_name": "r", "model_config": {"n_layers": 2, "d_model": 32}, "probe_period": 6, "probe_repeats": 2,
+             "probe_offset": 1, "probe_repeated_rows": 4, "probe_val_rows": 2, "probe_vocab_size": 64}
+    with RecordingWriter(path, {"blocks.0.attn.hook_pattern": ((2, 8, 8), torch.float16)}, seq_len=8,
+                         probe_tokens=torch.zeros(6, 8, dtype=torch.long), attrs=attrs) as w:
         for step in (0, 100, 200):
             w.append_step(step, {"blocks.0.attn.hook_pattern": torch.rand(6, 2, 8, 8)})
-    code, stdout, err = cli(capsys, "inspect", path)
+    code, stdout, err = cli(capsys, "inspect", path, "--verify")
     assert code == 0, err
     assert "recording    3 steps (0..200) x 6 probe rows x 8 tokens" in stdout
-    assert "blocks.0.attn.hook_pattern  [2, 8, 8] float16" in stdout and "runs/a" in stdout
+    assert "model        training run 'r'  (n_layers=2, d_model=32)" in stdout
+    assert ("probe task   4 rows of a random block of 6 tokens repeated 2 times (offset 1, ids < 64) "
+            "+ 2 validation rows") in stdout
+    assert "blocks.0.attn.hook_pattern  [2, 8, 8] float16" in stdout
+    assert "verified     3 steps match their checksums" in stdout

@@ -4,15 +4,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from workbench.store import ActivationStore, StoreWriter
-from workbench.store import writer as writer_mod
+from workbench.errors import DamagedFileError, DiskFullError
+from workbench.store import (ActivationSource, ActivationStore, CacheStore, Recording, RecordingWriter, StepSource,
+                             StoreWriter)
 
 RESID, PATTERN = "blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern"
 
@@ -131,16 +131,32 @@ def test_queue_memory_stays_bounded(tmp_path, monkeypatch):
 
 
 def test_writer_errors_reach_the_caller(tmp_path, monkeypatch):
+    """A failed write stops the writer; append/close raise it; the count stays at what was committed."""
     toks, acts = _data(n=8)
     hooks = {h: (tuple(t.shape[1:]), t.dtype) for h, t in acts.items()}
+    real = StoreWriter._write
+    calls = []
 
-    def broken(self, item):
-        raise OSError(28, "No space left on device")
+    def broken_second_write(self, batch):
+        calls.append(batch.end)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(self, batch)
 
-    monkeypatch.setattr(StoreWriter, "_write", broken)
-    w = StoreWriter(tmp_path / "a.h5", hooks, seq_len=8)
+    monkeypatch.setattr(StoreWriter, "_write", broken_second_write)
+    w = StoreWriter(tmp_path / "a.h5", hooks, seq_len=8, flush_seconds=0)
     w.append(toks[:4], {h: t[:4] for h, t in acts.items()})
-    with pytest.raises(OSError, match="No space left"):
+    w.append(toks[4:], {h: t[4:] for h, t in acts.items()})
+    with pytest.raises(DiskFullError, match=r"is full: 4 rows are saved in it; free space and run the same "
+                                            r"command with --resume") as e:
+        w.close()
+    assert "No space left" in str(e.value.__cause__)
+    with ActivationStore.open(tmp_path / "a.h5") as s:
+        assert len(s) == 4 and torch.equal(s[PATTERN][:], acts[PATTERN][:4])
+    monkeypatch.setattr(StoreWriter, "_write", lambda self, batch: (_ for _ in ()).throw(ValueError("a bug")))
+    w = StoreWriter(tmp_path / "b.h5", hooks, seq_len=8)
+    w.append(toks[:4], {h: t[:4] for h, t in acts.items()})
+    with pytest.raises(RuntimeError, match="writing .*b.h5 failed: a bug"):   # not a user error: a bug
         w.close()
 
 
@@ -148,33 +164,84 @@ def test_recording_mode_steps_and_resume(tmp_path):
     probe = torch.randint(0, 50, (6, 8))
     hooks = {RESID: ((8, 16), torch.float16)}
     path = tmp_path / "rec.h5"
-    with StoreWriter(path, hooks, seq_len=8, steps=True, probe_tokens=probe, attrs={"run": "r1"}) as w:
+    with RecordingWriter(path, hooks, seq_len=8, probe_tokens=probe, attrs={"run": "r1"}) as w:
         for step in (0, 10, 20):
             w.append_step(step, {RESID: torch.full((6, 8, 16), float(step))})
         with pytest.raises(ValueError, match="steps must increase"):
             w.append_step(20, {RESID: torch.zeros(6, 8, 16)})
-    with StoreWriter(path, hooks, seq_len=8, steps=True, mode="a") as w:
+    with RecordingWriter(path, hooks, seq_len=8, mode="a") as w:
         assert w.steps == [0, 10, 20]
-        w.append_step(30, {RESID: torch.full((6, 8, 16), 30.0)})
+        w.append_step(30, {RESID: torch.full((6, 8, 16), 30.0)}, copy=False)
     with ActivationStore.open(path) as s:
-        assert s.steps == [0, 10, 20, 30] and len(s) == 6 and torch.equal(s.tokens[:], probe)
-        v = s.at_step(20)
-        assert v[RESID][:].shape == (6, 8, 16) and bool((v[RESID][2:4] == 20).all())
+        assert isinstance(s, Recording) and isinstance(s, StepSource) and not isinstance(s, ActivationSource)
+        # one meaning per type: a recording counts steps, and rec[hook] is [steps, rows, ...]
+        assert s.steps == [0, 10, 20, 30] and len(s) == 4 and s.n_rows == 6 and torch.equal(s.tokens[:], probe)
         assert s[RESID][:].shape == (4, 6, 8, 16)
-        assert torch.equal(v.to_cache(slice(0, 2))[RESID], torch.full((2, 8, 16), 20.0, dtype=torch.float16))
         assert torch.equal(s[RESID][1], torch.full((6, 8, 16), 10.0, dtype=torch.float16))
+        v = s.at_step(20)
+        assert isinstance(v, ActivationSource) and len(v) == 6 and v.attrs["run"] == "r1"
+        assert v[RESID][:].shape == (6, 8, 16) and bool((v[RESID][2:4] == 20).all())
+        assert torch.equal(v.to_cache(slice(0, 2))[RESID], torch.full((2, 8, 16), 20.0, dtype=torch.float16))
         x, y = v.probe_dataset(RESID, torch.arange(6), pos=-1)[5]
         assert bool((x == 20).all()) and y == 5
+        assert [step.step for step in s.iter_steps()] == [0, 10, 20, 30]
         with pytest.raises(KeyError, match="nearest recorded steps"):
             s.at_step(15)
-        with pytest.raises(ValueError, match="at_step"):
+        with pytest.raises(AttributeError, match=r"at_step\(step\).to_cache"):
             s.to_cache()
+        assert s.verify() == 4
     # a training run resumed from its step-10 checkpoint records steps 20 and 30 again
-    with StoreWriter(path, hooks, seq_len=8, steps=True, mode="a", drop_steps_after=10) as w:
+    with RecordingWriter(path, hooks, seq_len=8, mode="a", drop_steps_after=10) as w:
         assert w.steps == [0, 10]
         w.append_step(20, {RESID: torch.full((6, 8, 16), -20.0)})
     with ActivationStore.open(path) as s:
         assert s.steps == [0, 10, 20] and bool((s.at_step(20)[RESID][:] == -20).all())
+        assert s.verify() == 3
+
+
+def test_store_writer_steps_true_still_works_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match="RecordingWriter"):
+        w = StoreWriter(tmp_path / "r.h5", {RESID: ((8, 16), torch.float16)}, seq_len=8, steps=True,
+                        probe_tokens=torch.zeros(2, 8, dtype=torch.long))
+    assert isinstance(w, RecordingWriter)
+    w.append_step(3, {RESID: torch.ones(2, 8, 16)})
+    w.close()
+    assert ActivationStore.open(tmp_path / "r.h5").steps == [3]
+
+
+def test_cache_file_type_and_interfaces(tmp_path):
+    toks, acts = _data(n=9)
+    _write(tmp_path / "a.h5", toks, acts)
+    s = ActivationStore.open(tmp_path / "a.h5")
+    assert type(s) is CacheStore and type(ActivationStore(tmp_path / "a.h5")) is CacheStore
+    assert isinstance(s, ActivationStore) and isinstance(s, ActivationSource) and not isinstance(s, StepSource)
+    assert len(s) == 9 and s[RESID][:].shape == (9, 8, 16) and not s.is_recording
+    with pytest.raises(AttributeError, match="cache file, not a training recording"):
+        s.at_step(0)
+    from workbench.analysis.probe_data import TensorSource
+    assert isinstance(TensorSource(toks, {RESID: acts[RESID]}), ActivationSource)
+
+
+def test_append_copy_false_hands_the_tensor_over(tmp_path):
+    """copy=False keeps the caller's CPU tensor (no private copy); copy=True is safe against reuse."""
+    toks, acts = _data(n=4)
+    spec = {RESID: ((8, 16), torch.bfloat16)}
+    for copy in (True, False):
+        seen = []
+        real = StoreWriter._write
+
+        def spy(self, batch):
+            seen.append(batch.parts[f"hooks/{RESID}"][0])
+            real(self, batch)
+
+        buf = acts[RESID].clone()
+        w = StoreWriter(tmp_path / f"c{copy}.h5", spec, seq_len=8)
+        w._write = spy.__get__(w)
+        w.append(toks, {RESID: buf}, copy=copy)
+        w.close()
+        assert (seen[0].data_ptr() == buf.data_ptr()) is (not copy)
+        assert torch.equal(ActivationStore.open(tmp_path / f"c{copy}.h5")[RESID][:].view(torch.int16),
+                           acts[RESID].view(torch.int16))
 
 
 def test_resume_refuses_different_hooks(tmp_path):
@@ -195,7 +262,7 @@ def test_non_hdf5_and_truncated_files_give_one_clear_error(tmp_path):
     _write(tmp_path / "a.h5", toks, acts)
     cut = tmp_path / "cut.h5"
     cut.write_bytes((tmp_path / "a.h5").read_bytes()[:3000])
-    with pytest.raises(ValueError, match="truncated or damaged"):
+    with pytest.raises(DamagedFileError, match="truncated: 3,000 of its .* bytes are there.*damaged"):
         ActivationStore.open(cut)
     with pytest.raises(FileNotFoundError):
         ActivationStore.open(tmp_path / "missing.h5")
@@ -282,3 +349,42 @@ def test_sigkill_leaves_complete_rows_and_resume_continues(tmp_path):
     if shutil.which("h5dump"):   # closed cleanly again: the standard tools read it
         out = subprocess.run(["h5dump", "-H", str(path)], capture_output=True, text=True)
         assert out.returncode == 0 and "hooks" in out.stdout
+
+
+@pytest.mark.parametrize("flush_seconds", [0, 1000])
+def test_whole_chunks_written_directly_keep_every_row(tmp_path, monkeypatch, flush_seconds):
+    """Rows in 4-row chunks, appended in uneven batches, closed and resumed mid-chunk: every row intact."""
+    from workbench.store import format as fmt
+    monkeypatch.setattr(fmt, "CHUNK_TARGET_ROWS", 4)
+    monkeypatch.setattr(fmt, "CHUNK_MIN_BYTES", 0)
+    hooks = {"h": ((3, 5), torch.float32)}
+    rows = torch.arange(60 * 15, dtype=torch.float32).reshape(60, 3, 5)
+    path, at = tmp_path / "d.h5", 0
+    direct = []
+    for sizes, mode in [([3, 1, 6, 4, 2, 7], "w"), ([5, 9, 1, 8, 14], "a")]:   # 23 rows, then resumed: 60
+        with StoreWriter(path, hooks, seq_len=2, mode=mode, flush_seconds=flush_seconds) as w:
+            direct.append(list(w._direct))
+            for n in sizes:
+                w.append(torch.zeros(n, 2, dtype=torch.long), {"h": rows[at:at + n]}, copy=False)
+                at += n
+    assert direct == [["hooks/h"], ["hooks/h"]]          # the direct path was taken
+    with ActivationStore.open(path) as s:
+        assert s.f["hooks/h"].chunks == (4, 3, 5)
+        assert torch.equal(s["h"][:], rows) and s.verify() == 60
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_each_commit_syncs_the_data_before_the_count(tmp_path, monkeypatch, durable):
+    from workbench.store import writer_core
+    events = []
+    real_fsync, real_flush = writer_core.os.fsync, writer_core.h5py.File.flush
+    monkeypatch.setattr(writer_core.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(writer_core.h5py.File, "flush", lambda self: (events.append("flush"), real_flush(self))[1])
+    toks, acts = _data(n=6)
+    w = StoreWriter(tmp_path / "s.h5", {RESID: ((8, 16), torch.bfloat16)}, seq_len=8, flush_seconds=0,
+                    durable=durable)
+    events.clear()
+    w.append(toks[:3], {RESID: acts[RESID][:3]})
+    w.flush()
+    assert events[:3] == (["flush", "fsync", "flush"] if durable else ["flush", "flush"])[:3]
+    w.close()

@@ -197,7 +197,7 @@ def test_layer_attention_from_model_and_cache_agree(tiny_model):
 
 
 def test_layer_pattern_from_a_store_row_and_a_recorded_step(tiny_model, tmp_path):
-    from workbench.store import ActivationStore, StoreWriter
+    from workbench.store import ActivationStore, RecordingWriter, StoreWriter
     hook = "blocks.1.attn.hook_pattern"
     ids = tiny_model.to_tokens(["def add(a, b): return a", "class Point: x = y + 1"])[:, :6]
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_layer_pattern_from_a_store_row_and_a_recorded_step(tiny_model, tmp_path
     spec = {hook: (tuple(cache[hook].shape[1:]), torch.float32)}
     with StoreWriter(tmp_path / "c.h5", spec, seq_len=6, attrs={"tokenizer": tiny_model.tokenizer.tok.to_str()}) as w:
         w.append(ids, {hook: cache[hook]})
-    with StoreWriter(tmp_path / "r.h5", spec, seq_len=6, steps=True, probe_tokens=ids) as w:
+    with RecordingWriter(tmp_path / "r.h5", spec, seq_len=6, probe_tokens=ids) as w:
         w.append_step(0, {hook: cache[hook] * 0 + 1 / 6})
         w.append_step(5, {hook: cache[hook]})
     with ActivationStore.open(tmp_path / "c.h5") as store:

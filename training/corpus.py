@@ -8,7 +8,6 @@ depend on the order files are listed in, and never cuts a file in two.
 """
 from __future__ import annotations
 
-import json
 import sysconfig
 import zlib
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from workbench.errors import InputError, MissingFileError
+from workbench.store.inputs import jsonl_texts
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".c", ".h", ".js", ".json", ".toml", ".html", ".tex", ".csv"}
 MEMMAP_SUFFIXES = {".bin", ".npy"}
@@ -76,18 +76,8 @@ def _documents_of(source: str, jsonl_field: str) -> Iterator[tuple[str, Callable
     if not path.is_file():
         raise MissingFileError(f"data source {source!r} is neither 'stdlib' nor an existing file or folder")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path} line {i + 1} is not JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or jsonl_field not in obj:
-                    raise InputError(f"{path} line {i + 1} has no {jsonl_field!r} field; "
-                                     "set data.jsonl_field to the field that holds the text")
-                yield f"{path}:{i}", (lambda text=str(obj[jsonl_field]): text)
+        for lineno, text in jsonl_texts(path, jsonl_field, "set data.jsonl_field to the field that holds the text"):
+            yield f"{path}:{lineno - 1}", (lambda text=text: text)
         return
     yield str(path), _read(path)
 

@@ -4,9 +4,11 @@ The probe set is fixed for the whole run and stored in the file (``tokens``):
 ``probe_rows`` repeated random-token sequences ``[BOS, A, A, ...]`` (where
 induction heads show) and optionally ``probe_val_rows`` windows of validation
 text. At each scheduled step the model runs the probe set once, under
-``no_grad`` in eval mode, with caching hooks on the requested names, and the
-cached tensors go to ``StoreWriter.append_step``. The training forward itself
-carries no hooks, so it keeps its fused kernels.
+``no_grad`` in eval mode, through the store's one capture path
+(``workbench.store.capture.Capture``: the same hook resolution, stop layer and
+grab as ``workbench cache``), and the activations go to
+``RecordingWriter.append_step``: the recorder is capture plus a step index. The
+training forward itself carries no hooks, so it keeps its fused kernels.
 
 On a GPU the writer starts non-blocking copies into pinned host buffers and
 records a CUDA event; its background thread waits on the event and writes,
@@ -21,6 +23,12 @@ from typing import Optional
 
 import torch
 
+from workbench.errors import InputError
+from workbench.store import RecordingWriter
+from workbench.store import format as fmt
+from workbench.store.capture import Capture
+from workbench.tasks import repeated_random_tokens
+
 from .config import TrainConfig
 from .data import TokenData, synthetic_vocab
 
@@ -29,7 +37,6 @@ PROBE_SEED_OFFSET = 7919  # the probe set must not coincide with any training ba
 
 def probe_tokens(cfg: TrainConfig, data: TokenData) -> torch.Tensor:
     """The fixed probe set ``[rows, 1 + probe_period * probe_repeats]`` (repeated rows first)."""
-    from workbench.tasks import repeated_random_tokens
     r = cfg.record
     width = 1 + r.probe_period * r.probe_repeats
     parts = []
@@ -41,7 +48,9 @@ def probe_tokens(cfg: TrainConfig, data: TokenData) -> torch.Tensor:
     if r.probe_val_rows:
         val = data.val
         if len(val) < width:
-            raise ValueError(f"record.probe_val_rows needs at least {width} validation tokens, have {len(val)}")
+            raise InputError(f"record.probe_val_rows needs at least {width} validation tokens "
+                             f"(1 + probe_period x probe_repeats), the data has {len(val)}: "
+                             "set record.probe_val_rows = 0 or give more validation data")
         starts = torch.linspace(0, len(val) - width, r.probe_val_rows).long().tolist()
         parts.append(torch.stack([torch.as_tensor(val[s:s + width].astype("int64")) for s in starts]))
     return torch.cat(parts)
@@ -62,65 +71,51 @@ class Recorder:
         self.collective = cfg.system.parallel == "fsdp" and torch.distributed.is_available() \
             and torch.distributed.is_initialized()
         self.path = Path(run_dir) / "activations.h5"
-        self.names = model.resolve_hooks(list(cfg.record.hooks))
+        self.capture = Capture(model, list(cfg.record.hooks))
+        self.names = self.capture.names
         self.tokens = probe_tokens(cfg, data)
-        # The probe forward stops after the last block a hook lives in (no unembedding either).
-        layers = [int(n.split(".")[1]) if n.startswith("blocks.") else None for n in self.names]
-        self.stop_at = None if None in layers or not layers else max(layers) + 1
         self.last_step = -1
-        self.writer = None
+        self.writer: Optional[RecordingWriter] = None
         if not (write or self.collective):
             return
-        shapes = self._shapes()  # under FSDP a forward is collective: every rank runs it
-        if not write:
-            return
-        from workbench.store import StoreWriter
-        dtype = cfg.record.dtype
-        hooks = {n: (shapes[n], dtype) for n in self.names}
-        r = cfg.record
-        attrs = {"source": "workbench train", "run_name": cfg.name, "model_config": model.cfg.to_dict(),
-                 "probe_period": r.probe_period, "probe_repeats": r.probe_repeats, "probe_offset": 1,
+        shapes = self._in_eval(lambda: self.capture.shapes(self.tokens.shape[1]))  # FSDP: every rank runs it
+        if write:
+            self.writer = self._open_writer(shapes, data, resume_step)
+
+    def _open_writer(self, shapes: dict, data: TokenData, resume_step: Optional[int]) -> RecordingWriter:
+        r = self.cfg.record
+        hooks = {n: (shapes[n], r.dtype) for n in self.names}
+        row_bytes = self.tokens.shape[0] * sum(_numel(s) for s in shapes.values()) * fmt.itemsize(fmt.dtype_name(r.dtype))
+        queue = max(1, r.queue_size) * row_bytes
+        seq_len = self.tokens.shape[1]
+        if resume_step is not None and self.path.exists():
+            # Resume checks a file a SIGKILL left open, then drops steps past the checkpoint.
+            w = RecordingWriter(self.path, hooks, seq_len=seq_len, mode="a", max_queue_bytes=queue,
+                                drop_steps_after=resume_step)
+            self.last_step = w.steps[-1] if w.steps else -1
+            return w
+        attrs = {"source": "workbench train", "run_name": self.cfg.name, "model_config": self.model.cfg.to_dict(),
+                 "probe_period": r.probe_period, "probe_repeats": r.probe_repeats,
+                 "probe_offset": 1 if data.eot is not None else 0,   # the BOS before the repeated block
                  "probe_repeated_rows": r.probe_rows, "probe_val_rows": r.probe_val_rows,
-                 "train_config": cfg.to_dict()}
+                 "probe_vocab_size": synthetic_vocab(self.cfg.data, data.vocab_size),
+                 "train_config": self.cfg.to_dict()}
         if data.tokenizer is not None:
             attrs["tokenizer"] = data.tokenizer.tok.to_str()
-        row_bytes = sum(self.tokens.shape[0] * _numel(s) * (4 if dtype == "float32" else 2) for s, _ in hooks.values())
-        queue = max(1, r.queue_size) * row_bytes
-        if resume_step is not None and self.path.exists():
-            # Resume mode repairs a file a SIGKILL left open and drops steps past the checkpoint.
-            self.writer = StoreWriter(self.path, hooks=hooks, seq_len=self.tokens.shape[1], mode="a",
-                                      steps=True, max_queue_bytes=queue, drop_steps_after=resume_step)
-            self.last_step = self.writer.steps[-1] if self.writer.steps else -1
-        else:
-            self.writer = StoreWriter(self.path, hooks=hooks, seq_len=self.tokens.shape[1], attrs=attrs,
-                                      mode="w", steps=True, probe_tokens=self.tokens, max_queue_bytes=queue)
+        return RecordingWriter(self.path, hooks, seq_len=seq_len, attrs=attrs, mode="w",
+                               probe_tokens=self.tokens, max_queue_bytes=queue)
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        """Each hook's row shape (without the batch axis), from a forward of one probe row."""
-        shapes: dict[str, tuple[int, ...]] = {}
-
-        def grab(t: torch.Tensor, hook) -> None:
-            shapes[hook.name] = tuple(t.shape[1:])
-        with torch.no_grad():
-            self.model.run_with_hooks(self.tokens[:1].to(self.device), return_type=None,
-                                      stop_at_layer=self.stop_at, fwd_hooks=[(n, grab) for n in self.names])
-        return shapes
-
-    @torch.no_grad()
-    def capture(self) -> dict[str, torch.Tensor]:
-        """One probe forward: ``{hook: [rows, *row_shape]}`` on the model's device."""
+    def _in_eval(self, fn):
         was_training = self.model.training
         self.model.eval()
-        acts: dict[str, torch.Tensor] = {}
-
-        def keep(t: torch.Tensor, hook) -> None:
-            acts[hook.name] = t.detach()
         try:
-            self.model.run_with_hooks(self.tokens.to(self.device, non_blocking=True), return_type=None,
-                                      stop_at_layer=self.stop_at, fwd_hooks=[(n, keep) for n in self.names])
+            return fn()
         finally:
             self.model.train(was_training)
-        return acts
+
+    def capture_probe(self) -> dict[str, torch.Tensor]:
+        """One probe forward: ``{hook: [rows, *row_shape]}`` on the model's device."""
+        return self._in_eval(lambda: self.capture(self.tokens.to(self.device, non_blocking=True)))
 
     def record(self, step: int) -> None:
         """Record ``step`` unless it is already recorded (idempotent, so resume and checkpoints can call it)."""
@@ -128,9 +123,9 @@ class Recorder:
             return
         if not (self.write or self.collective):
             return
-        acts = self.capture()
+        acts = self.capture_probe()
         if self.writer is not None:
-            self.writer.append_step(step, acts)
+            self.writer.append_step(step, acts, copy=False)   # fresh tensors: handed over
         self.last_step = step
 
     def flush(self) -> None:

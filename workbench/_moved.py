@@ -18,6 +18,7 @@ MOVED = {
     "workbench.model.transformer_lens": "workbench.model.tl_bridge",
     "workbench.analysis_demo": "workbench.analysis.cache_summary",
     "workbench.training.checkpoint": "workbench.training.run_state",
+    "workbench.store.probe": "workbench.store.dataset",
 }
 
 

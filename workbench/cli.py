@@ -21,7 +21,7 @@ def _root() -> None:
     """Phi-2 interpretability workbench. Run `workbench VERB --help` for each verb."""
 
 
-COMMANDS = ("demo", "cache", "inspect", "train", "report", "circuit")
+COMMANDS = ("demo", "cache", "inspect", "hooks", "train", "report", "circuit")
 
 
 def _register_all() -> None:
@@ -55,12 +55,29 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, UserError) or (names is not None and isinstance(e, names.UnknownHookError))
 
 
+def _interrupt_behind(e: BaseException):
+    """The KeyboardInterrupt (or ``Terminated``) a ``SystemExit`` was raised for, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main() -> None:
     """Run the CLI: user errors are one line (exit 1); anything else is a bug and shows its traceback."""
     import signal
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app()
+        try:
+            app()
+        except SystemExit as e:   # typer turns an interrupt into a silent exit 130, even for SIGTERM
+            interrupt = _interrupt_behind(e)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except KeyboardInterrupt as e:
         # Commands that hold work in progress print how to resume before they get here.
         signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C must not interrupt the exit

@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..model import PhiModel
 from ..run_files import is_run_folder
 from ..store import ActivationStore
+from ..store.source import ActivationSource, StepSource
 from .attention import (attention_entropy, duplicate_token_score, first_token_score, induction_score,
                         previous_token_score)
 from .probe_task import ProbeTask
@@ -215,10 +216,10 @@ def detect_heads(source, tokens: Optional[torch.Tensor] = None, period: Optional
             tokens = task.tokens(n_seqs, seed, source.cfg.bos_token_id)
         patterns, layers = get_patterns(source, tokens), list(range(source.cfg.n_layers))
     else:
-        attrs = getattr(source, "attrs", None) or getattr(getattr(source, "store", None), "attrs", {}) or {}
+        attrs = source.attrs if isinstance(source, (ActivationSource, StepSource)) else {}
         task = _task_from_arguments(task, period, offset, default_offset=0) \
             or ProbeTask.from_recording(attrs, source=f"the attributes of {getattr(source, 'path', 'the store')}")
-        if getattr(source, "is_recording", False):
+        if isinstance(source, StepSource):          # a whole recording: its last (or the given) step
             step = source.steps[-1] if step is None else step
             source = source.at_step(step)
         if task is not None and task.rows and rows == slice(None):
@@ -243,7 +244,7 @@ def scores_across_steps(store, period: Optional[int] = None, offset: Optional[in
         path = Path(store) / "activations.h5" if Path(store).is_dir() else Path(store)
         with ActivationStore.open(path) as opened:
             return scores_across_steps(opened, period, offset, rows, layers, thresholds, task, verbose)
-    steps = list(getattr(store, "steps", []))
+    steps = list(store.steps) if isinstance(store, StepSource) else []
     if not steps:
         raise InputError("this store has no recorded steps: scores_across_steps needs a training recording")
     task = _task_from_arguments(task, period, offset, default_offset=1) \

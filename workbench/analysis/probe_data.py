@@ -2,25 +2,27 @@
 and turning one batch of rows into (features, labels, token ids)."""
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 
 class TensorSource:
-    """In-memory activations with the ``ActivationStore`` reading interface used by probes.
+    """In-memory activations read like a store: an ``ActivationSource`` (``workbench.store.source``).
 
-    ``TensorSource(tokens [rows, pos], {hook: [rows, ...]})``; ``from_cache(cache, tokens)``
-    wraps a ``run_with_cache`` result.
+    ``TensorSource(tokens [rows, pos], {hook: [rows, ...]}, attrs={...})``; ``from_cache(cache, tokens)``
+    wraps a ``run_with_cache`` result. ``attrs`` is provenance, as a store file's (empty by default).
     """
 
-    def __init__(self, tokens: torch.Tensor, acts: dict[str, torch.Tensor]) -> None:
+    def __init__(self, tokens: torch.Tensor, acts: dict[str, torch.Tensor],
+                 attrs: Optional[dict[str, Any]] = None) -> None:
         for h, a in acts.items():
             if a.shape[0] != tokens.shape[0]:
                 raise ValueError(f"{h} has {a.shape[0]} rows but tokens has {tokens.shape[0]}")
         self.tokens, self.acts = tokens, acts
         self.hooks = {h: (tuple(a.shape[1:]), a.dtype) for h, a in acts.items()}
+        self.attrs: dict[str, Any] = dict(attrs or {})
 
     @classmethod
     def from_cache(cls, cache, tokens: torch.Tensor, hooks: Optional[Sequence[str]] = None) -> "TensorSource":

@@ -1,12 +1,17 @@
-"""The HDF5 activation store: a versioned format, a background-thread writer, a lazy reader.
+"""The HDF5 activation store: a versioned format, a background-thread writer, lazy readers, and
+``cache_activations`` (the job behind ``workbench cache``).
 
 See docs/activation-store.md for the format and the ``workbench cache`` / ``workbench inspect`` commands.
 """
+from .dataset import ProbeDataset
 from .format import FORMAT_NAME, FORMAT_VERSION
-from .probe import ProbeDataset
-from .reader import ActivationStore, HookView, StepView
+from .lock import WriterLock
+from .reader import ActivationStore, CacheStore, HookView, Recording, StepView
+from .source import ActivationSource, StepSource
 from .virtual import join_stores
-from .writer import StoreWriter
+from .writer import RecordingWriter, StoreWriter
+from .cache_job import CacheJob, CachePlan, CacheResult, cache_activations
 
-__all__ = ["ActivationStore", "FORMAT_NAME", "FORMAT_VERSION", "HookView", "ProbeDataset", "StepView",
-           "StoreWriter", "join_stores"]
+__all__ = ["ActivationSource", "ActivationStore", "CacheJob", "CachePlan", "CacheResult", "CacheStore", "FORMAT_NAME", "FORMAT_VERSION", "HookView",
+           "ProbeDataset", "Recording", "RecordingWriter", "StepSource", "StepView", "StoreWriter", "WriterLock",
+           "cache_activations", "join_stores"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+import crc32c
 import numpy as np
 import torch
 
@@ -18,6 +19,8 @@ TOKENS = "tokens"          # [rows, pos] int32 token ids
 HOOKS_GROUP = "hooks"      # hooks/<hook name>: [rows, *row_shape] (cache) or [steps, rows, *row_shape]
 META_GROUP = "meta"        # meta/<name>: [rows] per-row metadata (source line, label, ...)
 STEPS = "steps"            # [steps] int64 training steps (recording files only)
+CHECKSUMS = "checksums"    # [commits, 2] int64: (row or step count after the commit, CRC-32C of its bytes)
+UNCHECKED = -1             # a checksum entry for rows written before the file had checksums
 
 # Root attributes the format itself owns; anything else is the user's (``attrs=``).
 A_FORMAT, A_VERSION, A_PACKAGE = "format", "format_version", "workbench_version"
@@ -40,6 +43,44 @@ DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
 CHUNK_TARGET_ROWS = 64
 CHUNK_MAX_BYTES = 4 << 20
 CHUNK_MIN_BYTES = 1 << 20
+
+
+def itemsize(name: str) -> int:
+    """Bytes per stored value of a format dtype name ("float32" -> 4)."""
+    return DTYPES[name][1].itemsize
+
+
+def count_attr(mode: str) -> str:
+    """The attribute that counts complete entries along the first axis: rows (cache) or steps (recording)."""
+    return A_STEPS if mode == "steps" else A_ROWS
+
+
+def counted_datasets(f: Any) -> list[str]:
+    """Paths of the datasets whose first axis the count attribute covers, in checksum order.
+
+    Cache files: tokens, every hook, every meta column (rows). Recordings: steps and every hook (steps).
+    """
+    names = [f"{HOOKS_GROUP}/{h}" for h in f[HOOKS_GROUP]]
+    if f.attrs[A_MODE] == "steps":
+        names.append(STEPS)
+    else:
+        names.append(TOKENS)
+        names += [f"{META_GROUP}/{m}" for m in f.get(META_GROUP, {})]
+    return sorted(names)
+
+
+def checksum(data: Any, crc: int = 0) -> int:
+    """CRC-32C of ``data``'s bytes, continuing ``crc`` (``checksum(b, checksum(a)) == checksum(a + b)``).
+
+    Hardware CRC-32C (the ``crc32c`` package, SSE4.2 / ARMv8): ~5 GB/s on a busy 2-core VM where
+    zlib's CRC-32 managed ~1.2 GB/s and cost the writer a third of its speed; it releases the GIL.
+    """
+    return crc32c.crc32c(data, crc)
+
+
+def combine_checksums(parts: Mapping[str, int]) -> int:
+    """One CRC-32C for a commit from each dataset's CRC-32C of its committed bytes, in name order."""
+    return checksum(b"".join(int(parts[n]).to_bytes(4, "little") for n in sorted(parts)))
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
@@ -82,11 +123,11 @@ def private_copy(t: torch.Tensor) -> torch.Tensor:
 
 
 def to_stored(t: torch.Tensor, name: str) -> np.ndarray:
-    """A CPU tensor as the numpy array that goes to disk (bf16 -> its uint16 bits)."""
+    """A CPU tensor as the C-contiguous numpy array that goes to disk (bf16 -> its uint16 bits)."""
     t = cast(t, DTYPES[name][0])
     if name == "bfloat16":
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
+        return np.ascontiguousarray(t.view(torch.int16).numpy().view(np.uint16))
+    return np.ascontiguousarray(t.numpy())
 
 
 def from_stored(a: np.ndarray, name: str) -> torch.Tensor:

@@ -1,9 +1,11 @@
-"""ActivationStore: lazy, read-only access to a store written by ``StoreWriter``.
+"""Reading a store: ``ActivationStore.open(path)`` returns a ``CacheStore`` (rows of a dataset)
+or a ``Recording`` (probe rows at training steps; ``recording.at_step(s)`` is a ``StepView``).
 
-Only complete rows are visible: every read is clipped to the ``n_rows``
-(``n_steps``) attribute, never the datasets' raw extent, so a file being
-written, or one whose writer was killed, reads as its last flushed state.
-``refresh()`` picks up rows a live writer has added since.
+Only complete entries are visible: every read is clipped to the ``n_rows`` (``n_steps``)
+attribute, so a file being written, or one whose writer was killed, reads as its last
+committed state; ``refresh()`` picks up what a live writer has committed since. A file
+whose writer died is checked before it is opened (``integrity``): a truncated or damaged
+one is refused with one line instead of reading zeros or hanging.
 """
 from __future__ import annotations
 
@@ -16,126 +18,168 @@ import h5py
 import numpy as np
 import torch
 
-from workbench.errors import DamagedFileError, InputError, MissingFileError
+from workbench.errors import DamagedFileError, InputError
+from workbench.hooks.cache import ActivationCache
+from workbench.hooks.names import UnknownHookError
 
 from . import format as fmt
-from .recovery import read_superblock, writer_left_open
+from .integrity import FileState, check_left_open, examine, verify_checksums
+from .views import HookView, TokenView
 
-Index = Union[int, slice, Sequence[int], np.ndarray, torch.Tensor]
+_ROW_METHODS = ("iter_batches", "to_cache", "probe_dataset")
 
 
 def open_h5(path: Union[str, Path], rdcc_nbytes: Optional[int] = None) -> h5py.File:
     """Open a store read-only, whatever state its writer left it in; one clear error otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"no such file: {path}")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; pass the .h5 file")
-    try:
-        sb = read_superblock(path)
-    except ValueError:
-        raise DamagedFileError(f"{path} is not an HDF5 file (no HDF5 signature at its start); "
-                         "pass a file written by `workbench cache`") from None
-    kw: dict[str, Any] = {"locking": False}   # never block, or be blocked by, a live writer
+    state = examine(path)
+    if not state.clean and not state.live:
+        check_left_open(state, checksums=False)   # bounded; SWMR's retry loop never sees a damaged file
+    kw: dict[str, Any] = {"locking": False}         # never block, or be blocked by, a live writer
     if rdcc_nbytes is not None:
         kw.update(rdcc_nbytes=rdcc_nbytes, rdcc_nslots=10007)
     try:
-        # A set flag means a writer has it open (or died): only SWMR reads are allowed then.
-        return h5py.File(path, "r", swmr=sb["version"] >= 3 and writer_left_open(path), **kw)
+        # Left open (a live writer, or one that died): HDF5 allows only SWMR reads then.
+        return h5py.File(state.path, "r", swmr=not state.clean, **kw)
     except OSError as e:
-        raise DamagedFileError(f"{path} cannot be read as HDF5 (truncated or damaged?): {e}") from None
+        raise DamagedFileError(f"{state.path} cannot be read as HDF5 (truncated or damaged?): {e}") from None
 
 
-class HookView:
-    """``store[hook]``: lazily sliceable rows of one hook; indexing returns a ``torch.Tensor``.
+def _state_note(state: FileState) -> Optional[str]:
+    if state.clean:
+        return None
+    return "being written" if state.live else "left open by a writer that stopped (killed, or its disk filled)"
 
-    Shape ``[rows, *row_shape]`` (``[steps, rows, *row_shape]`` for a recording's
-    ``store[hook]``). bf16 comes back as bf16, bit for bit.
+
+class ActivationStore:
+    """A store file opened for reading. ``ActivationStore.open(path)`` (or ``ActivationStore(path)``)
+    returns the file's own type: ``CacheStore`` or ``Recording``.
+
+    Shared by both: ``path``, ``attrs`` (JSON decoded), ``hooks`` ``{name: (row_shape, dtype)}``,
+    ``seq_len``, ``tokens`` (the file's rows: a cache's rows, a recording's probe rows),
+    ``n_rows``, ``meta(name)``, ``refresh()``, ``verify()``, ``close()``.
     """
 
-    def __init__(self, ds: h5py.Dataset, n: int, dtype_name: str, fixed: tuple = ()) -> None:
-        self.ds, self.n, self.dtype_name, self.fixed = ds, n, dtype_name, fixed
+    MODE = ""
+
+    def __new__(cls, path: Union[str, Path], rdcc_nbytes: Optional[int] = None):
+        f = open_h5(path, rdcc_nbytes)
+        if cls is ActivationStore:       # the file's own type
+            cls = Recording if str(f.attrs.get(fmt.A_MODE, "")) == Recording.MODE else CacheStore
+        obj = super().__new__(cls)
+        obj.f = f                        # opened once; __init__ takes it
+        return obj
+
+    def __init__(self, path: Union[str, Path], rdcc_nbytes: Optional[int] = None) -> None:
+        self.path = Path(path)
+        self._rdcc = rdcc_nbytes
+        try:
+            self._load()
+        except BaseException:
+            self.f.close()
+            raise
+
+    @classmethod
+    def open(cls, path: Union[str, Path], rdcc_nbytes: Optional[int] = None) -> "ActivationStore":
+        """Open ``path`` read-only as a ``CacheStore`` or ``Recording``. ``rdcc_nbytes``: HDF5 chunk cache."""
+        return ActivationStore(path, rdcc_nbytes)
+
+    def _load(self) -> None:
+        a = self.f.attrs
+        if a.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:
+            raise InputError(f"{self.path} is an HDF5 file but not a workbench activation store "
+                             f"(no format={fmt.FORMAT_NAME!r} attribute)")
+        version = int(a[fmt.A_VERSION])
+        if version > fmt.FORMAT_VERSION:
+            raise InputError(f"{self.path} uses store format version {version}; this workbench reads up to "
+                             f"{fmt.FORMAT_VERSION}: upgrade the workbench")
+        if self.MODE and str(a[fmt.A_MODE]) != self.MODE:
+            raise InputError(f"{self.path} is a {a[fmt.A_MODE]} file; open it with ActivationStore.open")
+        self.format_version = version
+        self.mode = str(a[fmt.A_MODE])
+        self.seq_len = int(a[fmt.A_SEQ_LEN])
+        self.hook_specs = fmt.hooks_from_json(a[fmt.A_HOOKS])
+        self.hooks = {n: (s, fmt.DTYPES[d][0]) for n, (s, d) in self.hook_specs.items()}
+        self.n_rows = int(a[fmt.A_ROWS])
+        self.n_steps = int(a[fmt.A_STEPS])
+        self.tokens = TokenView(self.f[fmt.TOKENS], self.n_rows)
+        json_keys = set(json.loads(a.get(fmt.A_JSON_KEYS, "[]")))
+        self.attrs = {k: (json.loads(v) if k in json_keys else _plain(v)) for k, v in a.items()
+                      if k != fmt.A_JSON_KEYS}
+        self.attrs[fmt.A_HOOKS] = json.loads(a[fmt.A_HOOKS])
+        meta = self.f.get(fmt.META_GROUP)
+        self.meta_columns = list(meta) if meta is not None else []
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.n, *self.ds.shape[1 + len(self.fixed):])
+    def is_recording(self) -> bool:
+        return isinstance(self, Recording)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return fmt.DTYPES[self.dtype_name][0]
+    def _hook_view(self, hook: str, n: int, fixed: tuple = ()) -> HookView:
+        if hook not in self.hooks:
+            raise UnknownHookError(hook, self.hooks)
+        return HookView(self.f[fmt.HOOKS_GROUP][hook], n, self.hook_specs[hook][1], fixed)
 
-    def __len__(self) -> int:
-        return self.n
+    def __contains__(self, hook: object) -> bool:
+        return hook in self.hooks
 
-    def __getitem__(self, idx: Any) -> torch.Tensor:
-        first, rest = (idx[0], tuple(idx[1:])) if isinstance(idx, tuple) else (idx, ())
-        a = _read_rows(self.ds, self.fixed, first, self.n, rest)
-        return fmt.from_stored(a, self.dtype_name)
+    def meta(self, name: str) -> np.ndarray:
+        """Per-row metadata column ``name`` (complete rows only)."""
+        if name not in self.meta_columns:
+            raise KeyError(f"no metadata column {name!r}; this store has {self.meta_columns}")
+        return self.f[fmt.META_GROUP][name][: self.n_rows]
 
-    def __repr__(self) -> str:
-        return f"HookView({self.ds.name}, shape={list(self.shape)}, dtype={self.dtype_name})"
+    def refresh(self) -> "ActivationStore":
+        """Reopen to see what a live writer has committed since."""
+        self.f.close()
+        self.f = open_h5(self.path, self._rdcc)
+        self._load()
+        return self
 
+    def state(self) -> Optional[str]:
+        """None for a closed, whole file; otherwise what left it open ("being written", ...)."""
+        return _state_note(examine(self.path))
 
-class TokenView(HookView):
-    """``store.tokens``: lazily sliceable ``[rows, pos]``; indexing returns a LongTensor."""
+    def verify(self) -> int:
+        """Read every complete entry and check it against the CRC-32C its writer stored with it.
 
-    def __init__(self, ds: h5py.Dataset, n: int) -> None:
-        super().__init__(ds, n, "int32")
+        Returns the number of entries checked; raises ``DamagedFileError`` at the first mismatch.
+        Files written before checksums existed have nothing to check (returns 0).
+        """
+        count = self.n_steps if self.is_recording else self.n_rows
+        fixed = [fmt.TOKENS] if self.is_recording else []
+        verify_checksums(self.f, self.path, count, fmt.counted_datasets(self.f), fixed)
+        if fmt.CHECKSUMS not in self.f:
+            return 0
+        ends = self.f[fmt.CHECKSUMS][:, 0]
+        return int(max([e for e in ends if e <= count], default=0))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.long
+    def nbytes_on_disk(self) -> int:
+        return os.path.getsize(self.path)
 
-    def __getitem__(self, idx: Any) -> torch.Tensor:
-        first, rest = (idx[0], tuple(idx[1:])) if isinstance(idx, tuple) else (idx, ())
-        return torch.from_numpy(_read_rows(self.ds, (), first, self.n, rest).astype(np.int64))
+    def close(self) -> None:
+        self.f.close()
 
+    def __enter__(self):
+        return self
 
-def _read_rows(ds: h5py.Dataset, fixed: tuple, idx: Index, n: int, rest: tuple) -> np.ndarray:
-    """Rows ``idx`` of ``ds[*fixed]`` among the first ``n`` (complete) ones, in the order asked."""
-    if isinstance(idx, torch.Tensor):
-        idx = idx.cpu().numpy()
-    if isinstance(idx, (int, np.integer)):
-        i = int(idx) + n if idx < 0 else int(idx)
-        if not 0 <= i < n:
-            raise IndexError(f"row {int(idx)} is out of range for {n} complete rows")
-        return ds[(*fixed, i, *rest)]
-    if isinstance(idx, slice):
-        start, stop, step = idx.indices(n)
-        if step == 1 or start >= stop:
-            return ds[(*fixed, slice(start, max(start, stop)), *rest)]
-        idx = np.arange(start, stop, step)
-    idx = np.asarray(idx)
-    if idx.dtype == bool:
-        if idx.shape[0] != n:
-            raise IndexError(f"boolean mask has {idx.shape[0]} entries for {n} rows")
-        idx = np.flatnonzero(idx)
-    idx = np.where(idx < 0, idx + n, idx).astype(np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise IndexError(f"row index out of range for {n} complete rows")
-    if idx.size == 0:
-        return ds[(*fixed, slice(0, 0), *rest)]
-    # h5py wants increasing unique indices: read those, then put them in the asked order.
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    return ds[(*fixed, uniq, *rest)][inverse]
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class _Rows:
-    """What a cache file and one step of a recording share: rows of tokens and hooks."""
+    """What a cache file, one recorded step and in-memory sources share: rows of tokens and hooks."""
 
-    hooks: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    hooks: dict
     tokens: TokenView
 
     def _view(self, hook: str) -> HookView:
         raise NotImplementedError
 
     def __len__(self) -> int:
+        """Complete rows."""
         return self.tokens.n
 
     def __getitem__(self, hook: str) -> HookView:
-        if hook not in self.hooks:
-            from workbench.hooks.names import UnknownHookError
-            raise UnknownHookError(hook, self.hooks)
+        """``[rows, *row_shape]`` of ``hook``, read lazily."""
         return self._view(hook)
 
     def __contains__(self, hook: object) -> bool:
@@ -155,12 +199,9 @@ class _Rows:
             yield self.tokens[i:j], {h: v[i:j] for h, v in views.items()}
 
     def to_cache(self, rows: Union[slice, Sequence[int]] = slice(None), hooks: Optional[Sequence[str]] = None,
-                 model: Any = None):
-        """Rows as an in-memory ``hooks.ActivationCache`` (``cache[hook] [b, *row_shape]``).
-
-        The analysis code that takes a ``run_with_cache`` cache takes this one.
-        """
-        from workbench.hooks.cache import ActivationCache
+                 model: Any = None) -> ActivationCache:
+        """Rows as an in-memory ``ActivationCache`` (``cache[hook] [b, *row_shape]``), as ``run_with_cache``
+        returns: the analysis code that takes one takes this one."""
         names = list(self.hooks) if hooks is None else list(hooks)
         return ActivationCache({h: self[h][rows] for h in names}, model=model)
 
@@ -173,148 +214,93 @@ class _Rows:
         ``pos``: keep one position (e.g. ``-1``) or a slice of them; ``None`` keeps all.
         ``rows``: a subset of rows (e.g. a train split). See ``ProbeDataset``.
         """
-        from .probe import ProbeDataset
+        from .dataset import ProbeDataset   # dataset.py builds on this module
         return ProbeDataset(self, hook, labels, pos=pos, rows=rows, dtype=dtype, cache_bytes=cache_bytes)
 
 
-class ActivationStore(_Rows):
-    """A store file opened for reading: ``ActivationStore.open(path)``.
+class CacheStore(_Rows, ActivationStore):
+    """A cache file: ``len(store)`` complete rows; ``store[hook][i:j]`` ``[rows, *row_shape]``;
+    ``store.tokens[i:j]`` LongTensor ``[rows, pos]``; ``store.meta(name)`` per-row columns."""
 
-    ``len(store)`` complete rows; ``store.hooks`` ``{name: (row_shape, dtype)}``;
-    ``store.tokens[i:j]`` LongTensor ``[rows, pos]``; ``store[hook][i:j]`` tensor
-    ``[rows, *row_shape]``; ``store.attrs`` the file's attributes (JSON decoded).
-    Recordings (``store.steps``) read one step at a time through ``store.at_step(step)``.
+    MODE = "cache"
+
+    def _view(self, hook: str) -> HookView:
+        return self._hook_view(hook, self.n_rows)
+
+    def __getattr__(self, name: str) -> Any:
+        # Not a property returning []: isinstance(x, StepSource) probes these names with hasattr.
+        if name in ("steps", "at_step"):
+            raise AttributeError(f"{self.path} is a cache file, not a training recording: it has no steps "
+                                 "(test isinstance(store, Recording))")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"CacheStore({str(self.path)!r}, {self.n_rows} rows, hooks={list(self.hooks)})"
+
+
+class Recording(ActivationStore):
+    """A training recording: the same ``n_rows`` probe rows (``tokens``) recorded at each of ``steps``.
+
+    ``len(rec)`` recorded steps; ``rec[hook]`` ``[steps, rows, *row_shape]``; ``rec.at_step(s)``
+    the rows at one step (a ``StepView``, read like a cache file).
     """
 
-    def __init__(self, path: Union[str, Path], rdcc_nbytes: Optional[int] = None) -> None:
-        self.path = Path(path)
-        self._rdcc = rdcc_nbytes
-        self.f = open_h5(self.path, rdcc_nbytes)
-        try:
-            self._load()
-        except BaseException:
-            self.f.close()
-            raise
-
-    @classmethod
-    def open(cls, path: Union[str, Path], rdcc_nbytes: Optional[int] = None) -> "ActivationStore":
-        """Open ``path`` read-only. ``rdcc_nbytes``: the HDF5 chunk cache per dataset."""
-        return cls(path, rdcc_nbytes)
-
-    def _load(self) -> None:
-        a = self.f.attrs
-        if a.get(fmt.A_FORMAT) != fmt.FORMAT_NAME:
-            raise DamagedFileError(f"{self.path} is an HDF5 file but not a workbench activation store "
-                             f"(no format={fmt.FORMAT_NAME!r} attribute)")
-        version = int(a[fmt.A_VERSION])
-        if version > fmt.FORMAT_VERSION:
-            raise InputError(f"{self.path} uses store format version {version}; this workbench reads up to "
-                             f"{fmt.FORMAT_VERSION}: upgrade the workbench")
-        self.format_version = version
-        self.mode = str(a[fmt.A_MODE])
-        self.seq_len = int(a[fmt.A_SEQ_LEN])
-        self.hook_specs = fmt.hooks_from_json(a[fmt.A_HOOKS])
-        self.hooks = {n: (s, fmt.DTYPES[d][0]) for n, (s, d) in self.hook_specs.items()}
-        self.n_rows = int(a[fmt.A_ROWS])
-        self.n_steps = int(a[fmt.A_STEPS])
-        self.tokens = TokenView(self.f[fmt.TOKENS], self.n_rows)
-        json_keys = set(json.loads(a.get(fmt.A_JSON_KEYS, "[]")))
-        self.attrs = {k: (json.loads(v) if k in json_keys else _plain(v)) for k, v in a.items()
-                      if k != fmt.A_JSON_KEYS}
-        self.attrs[fmt.A_HOOKS] = json.loads(a[fmt.A_HOOKS])
-        meta = self.f.get(fmt.META_GROUP)
-        self.meta_columns = list(meta) if meta is not None else []
-
-    @property
-    def is_recording(self) -> bool:
-        return self.mode == "steps"
+    MODE = "steps"
 
     @property
     def steps(self) -> list[int]:
-        """Training steps of a recording, oldest first (empty for a cache file)."""
-        if not self.is_recording:
-            return []
+        """Recorded training steps, oldest first."""
         return [int(s) for s in self.f[fmt.STEPS][: self.n_steps]]
 
+    def __len__(self) -> int:
+        """Recorded steps."""
+        return self.n_steps
+
+    def __getitem__(self, hook: str) -> HookView:
+        """``[steps, rows, *row_shape]`` of ``hook``, read lazily."""
+        return self._hook_view(hook, self.n_steps)
+
     def at_step(self, step: int) -> "StepView":
-        """The probe rows' activations recorded at ``step`` (same interface as the store)."""
+        """The probe rows' activations recorded at training step ``step``."""
         steps = self.steps
-        if not self.is_recording:
-            raise InputError(f"{self.path} is not a training recording; it has no steps")
         if step not in steps:
             near = sorted(steps, key=lambda s: abs(s - step))[:3]
             raise KeyError(f"step {step} was not recorded in {self.path}; nearest recorded steps: {near}")
         return StepView(self, steps.index(step))
 
-    def _view(self, hook: str) -> HookView:
-        ds = self.f[fmt.HOOKS_GROUP][hook]
-        if self.is_recording:   # [steps, rows, ...]: the first axis is the step index
-            return HookView(ds, self.n_steps, self.hook_specs[hook][1])
-        return HookView(ds, self.n_rows, self.hook_specs[hook][1])
+    def iter_steps(self) -> Iterator["StepView"]:
+        """Each recorded step, oldest first."""
+        for k in range(self.n_steps):
+            yield StepView(self, k)
 
-    def meta(self, name: str) -> np.ndarray:
-        """Per-row metadata column ``name`` (complete rows only)."""
-        if name not in self.meta_columns:
-            raise KeyError(f"no metadata column {name!r}; this store has {self.meta_columns}")
-        return self.f[fmt.META_GROUP][name][: self.n_rows]
-
-    def iter_batches(self, *args: Any, **kwargs: Any):
-        self._need_rows("iter_batches")
-        return super().iter_batches(*args, **kwargs)
-
-    def to_cache(self, *args: Any, **kwargs: Any):
-        self._need_rows("to_cache")
-        return super().to_cache(*args, **kwargs)
-
-    def probe_dataset(self, *args: Any, **kwargs: Any):
-        self._need_rows("probe_dataset")
-        return super().probe_dataset(*args, **kwargs)
-
-    def _need_rows(self, what: str) -> None:
-        if self.is_recording:
-            raise InputError(f"{self.path} is a training recording: pick a step first, "
-                             f"store.at_step(step).{what}(...) (steps: {self.steps[:5]}...)")
-
-    def refresh(self) -> "ActivationStore":
-        """Reopen to see the rows a live writer has flushed since."""
-        self.f.close()
-        self.f = open_h5(self.path, self._rdcc)
-        self._load()
-        return self
-
-    def nbytes_on_disk(self) -> int:
-        return os.path.getsize(self.path)
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __enter__(self) -> "ActivationStore":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __getattr__(self, name: str) -> Any:
+        if name in _ROW_METHODS:
+            raise AttributeError(f"{self.path} is a training recording with rows at every step: "
+                                 f"pick one first, recording.at_step(step).{name}(...)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
-        what = f"{self.n_steps} steps x {self.n_rows} rows" if self.is_recording else f"{self.n_rows} rows"
-        return f"ActivationStore({str(self.path)!r}, {what}, hooks={list(self.hooks)})"
+        return f"Recording({str(self.path)!r}, {self.n_steps} steps x {self.n_rows} rows, hooks={list(self.hooks)})"
 
 
 class StepView(_Rows):
-    """One recorded step of a training recording: ``view[hook][i:j]`` -> ``[rows, *row_shape]``."""
+    """One recorded step of a ``Recording``: ``view[hook][i:j]`` -> ``[rows, *row_shape]``."""
 
-    def __init__(self, store: ActivationStore, k: int) -> None:
-        self.store, self.k = store, k
-        self.step = store.steps[k]
-        self.hooks = store.hooks
-        self.tokens = store.tokens
-        self.path = store.path
+    def __init__(self, recording: Recording, k: int) -> None:
+        self.recording = recording
+        self.k = k
+        self.step = int(recording.f[fmt.STEPS][k])
+        self.hooks, self.tokens, self.attrs, self.path = recording.hooks, recording.tokens, recording.attrs, recording.path
+
+    @property
+    def store(self) -> Recording:   # the name before recordings had their own type
+        return self.recording
 
     def _view(self, hook: str) -> HookView:
-        return HookView(self.store.f[fmt.HOOKS_GROUP][hook], self.store.n_rows,
-                        self.store.hook_specs[hook][1], fixed=(self.k,))
+        return self.recording._hook_view(hook, self.recording.n_rows, fixed=(self.k,))
 
     def meta(self, name: str) -> np.ndarray:
-        return self.store.meta(name)
+        return self.recording.meta(name)
 
     def __repr__(self) -> str:
         return f"StepView(step={self.step}, {len(self)} rows, hooks={list(self.hooks)})"

@@ -73,7 +73,9 @@ def read_superblock(path: Union[str, Path]) -> dict:
         end = 12 + 4 * size_of_offsets
         info["flags"] = head[11]
         info["checksum_ok"] = int.from_bytes(head[end:end + 4], "little") == lookup3(head[:end])
-        info["eof"] = int.from_bytes(head[12 + 2 * size_of_offsets:12 + 3 * size_of_offsets], "little")
+        # "end of file address": really the end of the space HDF5 has allocated (EOA)
+        info["eoa"] = info["eof"] = int.from_bytes(head[12 + 2 * size_of_offsets:12 + 3 * size_of_offsets],
+                                                   "little")
     return info
 
 
@@ -82,22 +84,32 @@ def writer_left_open(path: Union[str, Path]) -> bool:
     return read_superblock(path)["flags"] != 0
 
 
+def superblock_with_flags_cleared(path: Union[str, Path]) -> bytes:
+    """The superblock of ``path`` (version >= 2) with its flags zeroed and its checksum recomputed."""
+    with open(path, "rb") as f:
+        head = bytearray(f.read(64))
+    if head[:8] != HDF5_SIGNATURE:
+        raise ValueError(f"{path} is not an HDF5 file (it does not start with the HDF5 signature)")
+    if head[8] < 2:
+        return bytes(head[:8])   # older superblocks have no flags: nothing to change
+    end = 12 + 4 * head[9]
+    head[11] = 0
+    head[end:end + 4] = lookup3(bytes(head[:end])).to_bytes(4, "little")
+    return bytes(head[:end + 4])
+
+
 def clear_status_flags(path: Union[str, Path]) -> None:
-    """Mark the file closed, as ``h5clear -s`` does. Call only when no writer is running."""
+    """Mark the file closed, as ``h5clear -s`` does. Call only when no writer is running.
+
+    It does not touch the rest of the file: a file shorter than its allocated length
+    (HDF5 calls it "truncated") stays so; ``integrity.prepare_resume`` checks such a
+    file before it pads it.
+    """
     sb = read_superblock(path)
     if sb["version"] < 2 or sb["flags"] == 0:
         return
     if not sb["checksum_ok"]:
         raise ValueError(f"{path}: the HDF5 superblock checksum is wrong; the file is damaged")
+    head = superblock_with_flags_cleared(path)
     with open(path, "r+b") as f:
-        head = bytearray(f.read(64))
-        end = 12 + 4 * head[9]
-        head[11] = 0
-        head[end:end + 4] = lookup3(bytes(head[:end])).to_bytes(4, "little")
-        f.seek(0)
-        f.write(head[:end + 4])
-        # A writer killed right after allocating space can leave the file shorter
-        # than the end-of-file address in its superblock; HDF5 calls that "truncated".
-        f.seek(0, 2)
-        if f.tell() < sb["eof"]:
-            f.truncate(sb["eof"])
+        f.write(head)

@@ -16,7 +16,7 @@ from typing import Sequence, Union
 import h5py
 
 from . import format as fmt
-from .reader import ActivationStore
+from .reader import ActivationStore, Recording
 from .writer import LIBVER
 
 
@@ -33,7 +33,7 @@ def join_stores(paths: Sequence[Union[str, Path]], out: Union[str, Path]) -> Pat
     try:
         first = stores[0]
         for s in stores:
-            if s.is_recording:
+            if isinstance(s, Recording):
                 raise ValueError(f"{s.path} is a training recording; only cache files can be joined")
             for what in ("hook_specs", "seq_len", "meta_columns"):
                 if getattr(s, what) != getattr(first, what):

@@ -119,7 +119,8 @@ def _strings(ids: Any, tokenizer: Any) -> list:
 
 def _store_tokenizer(store: Any) -> Any:
     """The ``Tokenizer`` kept in a store's attributes (``tokenizer``: tokenizer.json text), if any."""
-    attrs = getattr(store, "attrs", None) or getattr(getattr(store, "store", None), "attrs", None) or {}
+    from workbench.store.source import ActivationSource, StepSource
+    attrs = store.attrs if isinstance(store, (ActivationSource, StepSource)) else {}
     text = attrs.get("tokenizer")
     if not isinstance(text, str) or not text:
         return None
@@ -154,14 +155,14 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
         with torch.no_grad():
             _, cache = source.run_with_cache(ids.to(source.device), names_filter=hook)
         return cache[hook][row], _strings(ids[row], tokenizer or source)
-    if hasattr(source, "hooks") and hasattr(source, "__getitem__") and not isinstance(source, dict) \
-            and not callable(getattr(source, "remove_batch_dim", None)):  # a store or a step view
-        if getattr(source, "is_recording", False):
+    from workbench.store.source import ActivationSource, StepSource
+    if isinstance(source, (ActivationSource, StepSource)):  # a store, a recording or one step of it
+        if isinstance(source, StepSource):
             if step is None:
                 raise ValueError(f"this store is a training recording: pass step=... "
                                  f"(recorded steps: {source.steps[:6]}{' ...' if len(source.steps) > 6 else ''})")
             source = source.at_step(step)
-        elif step is not None and not hasattr(source, "step"):
+        elif step is not None:
             raise ValueError("step=... is for training recordings; this store holds no steps")
         if hook not in source.hooks:
             raise KeyError(f"the store has no {hook}; it holds {sorted(source.hooks)[:8]}. "

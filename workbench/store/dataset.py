@@ -1,4 +1,4 @@
-"""ProbeDataset: (activation, label) pairs read at random from a store, for probe training.
+"""ProbeDataset: a torch ``Dataset`` of (activation, label) pairs read at random from a store.
 
 Random row reads are what probe training does, so the file handle is opened
 with an HDF5 chunk cache sized for that access: for uncompressed data, no cache
@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import format as fmt
+from .reader import CacheStore, StepView, open_h5
 
 
 class ProbeDataset(Dataset):
@@ -28,13 +29,14 @@ class ProbeDataset(Dataset):
     ``load()`` reads everything into two tensors ``(X, y)`` for scikit-learn.
     """
 
-    def __init__(self, src: Any, hook: str, labels: Any, pos: Optional[Union[int, slice]] = None,
-                 rows: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.float32,
-                 cache_bytes: Optional[int] = None) -> None:
-        store = getattr(src, "store", src)
-        src[hook]  # noqa: B018 (raises the closest-names error for an unknown hook)
-        self.path, self.hook, self.pos, self.dtype = store.path, hook, pos, dtype
-        self.step_index: Optional[int] = getattr(src, "k", None)
+    def __init__(self, src: Union[CacheStore, StepView], hook: str, labels: Any,
+                 pos: Optional[Union[int, slice]] = None, rows: Optional[Sequence[int]] = None,
+                 dtype: torch.dtype = torch.float32, cache_bytes: Optional[int] = None) -> None:
+        if not isinstance(src, (CacheStore, StepView)):
+            raise TypeError(f"ProbeDataset reads a cache file or one step of a recording, not {type(src).__name__}")
+        view = src[hook]   # the closest-names error for an unknown hook
+        self.path, self.hook, self.pos, self.dtype = src.path, hook, pos, dtype
+        self.lead: tuple = view.fixed          # (step index,) for a recorded step
         self.n_store_rows = len(src)
         self.rows = np.arange(self.n_store_rows) if rows is None else np.asarray(rows, dtype=np.int64)
         if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= self.n_store_rows):
@@ -49,8 +51,8 @@ class ProbeDataset(Dataset):
         else:
             raise ValueError(f"labels has {len(labels)} entries; expected one per store row "
                              f"({self.n_store_rows}) or one per selected row ({len(self.rows)})")
-        self.dtype_name = store.hook_specs[hook][1]
-        ds = store.f[fmt.HOOKS_GROUP][hook]
+        self.dtype_name = view.dtype_name
+        ds = view.ds
         chunk_bytes = int(np.prod(ds.chunks)) * ds.dtype.itemsize
         if cache_bytes is None:
             cache_bytes = 0 if ds.compression is None else 16 * chunk_bytes
@@ -63,16 +65,14 @@ class ProbeDataset(Dataset):
 
     def _ds(self):
         if self._f is None or self._pid != os.getpid():
-            from .reader import open_h5
             self._f = open_h5(self.path, rdcc_nbytes=self.cache_bytes)
             self._pid = os.getpid()
             self._dset = self._f[fmt.HOOKS_GROUP][self.hook]
         return self._dset
 
     def _select(self, rows: Union[int, np.ndarray]) -> tuple:
-        lead = () if self.step_index is None else (self.step_index,)
         pos = () if self.pos is None else (self.pos,)
-        return (*lead, rows, *pos)
+        return (*self.lead, rows, *pos)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._ds()[self._select(int(self.rows[i]))]
