@@ -22,14 +22,11 @@ def register(app: typer.Typer) -> None:
         from workbench.hooks.names import UnknownHookError, match_names
         from workbench.model import PhiConfig
         from workbench.errors import InputError
-        from workbench.model.hf_format import CheckpointError, resolve_checkpoint
+        from workbench.model.hf_format import find_checkpoint
         from workbench.store.capture import hook_shapes_of_config
         from workbench.store.inspect import plural
 
-        try:
-            cfg = PhiConfig.from_hf(resolve_checkpoint(model))
-        except CheckpointError as e:
-            raise InputError(str(e)) from None
+        cfg = PhiConfig.from_hf(find_checkpoint(model)[0])   # a bad checkpoint: a UserError, one line
         if seq_len < 1 or seq_len > cfg.n_ctx:
             raise InputError(f"--seq-len must be between 1 and the model's context ({cfg.n_ctx}), got {seq_len}")
         shapes = hook_shapes_of_config(cfg, seq_len)

@@ -32,7 +32,6 @@ import torch
 
 from workbench.errors import DiskFullError, FileConflictError, InputError, MissingFileError
 from workbench.model import PhiModel
-from workbench.model.hf_format import CheckpointError
 
 from . import format as fmt
 from .capture import Capture
@@ -204,11 +203,8 @@ def cache_activations(model: Union[str, Path, PhiModel], input: Union[str, Path]
 
 
 def load_model(source: Union[str, Path], dtype: torch.dtype, device: str) -> PhiModel:
-    """``PhiModel.from_pretrained``; a checkpoint that cannot be loaded is the user's to fix (one line)."""
-    try:
-        return PhiModel.from_pretrained(str(source), dtype=dtype, device=device)
-    except CheckpointError as e:
-        raise InputError(str(e)) from None
+    """``PhiModel.from_pretrained``: a checkpoint it cannot load raises a ``workbench.errors.UserError`` (one line)."""
+    return PhiModel.from_pretrained(str(source), dtype=dtype, device=device)
 
 
 # -- checks -------------------------------------------------------------------------------------
