@@ -40,6 +40,15 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_sets_threads_by_the_workbench_policy(path):
+    """One thread policy (workbench.threads), set in the first code cell, no notebook-local thread counts."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert "use_threads()" in code[0], f"{path.name}: call workbench.threads.use_threads() in the first cell"
+    assert not any("set_num_threads" in src for src in code), f"{path.name} sets its own thread count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,

@@ -34,12 +34,15 @@ def register(app: typer.Typer) -> None:
                                           help="A run: one circuit per saved checkpoint, with a step slider."),
         max_steps: int = typer.Option(12, help="With --across-steps: at most this many checkpoints, spread over the run."),
         device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps ..."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: cores - 1, at least 1)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         """Find, check and draw the circuit of a task.
 
         Example: workbench circuit runs/default --task induction --out circuit.html
         """
+        from workbench.threads import use_threads
+        use_threads(threads)
         run_circuit(model, task, method, out, json_out, edges, target, steps, prompts, seed, check, period,
                     alphabet, step, across_steps, max_steps, device, progress)
 
@@ -87,7 +90,6 @@ def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out
         from workbench.analysis.circuits.steps import pick_steps
         source = pick_steps(run_dir, [step])[step]
     phi = PhiModel.from_pretrained(source, device=device).eval()
-    _set_threads(phi, device)
     spec = circuit_task(task, phi, run_dir=run_dir, n_prompts=prompts, seed=seed, period=period, vocab_size=alphabet)
     kwargs = dict(method=method, steps=steps, n_edges=edges, target=target, check=check)
     with torch.no_grad():
@@ -121,14 +123,6 @@ def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out
         typer.echo(f"wrote   {out} (open it in a browser; it needs no network)")
     if out is None and json_out is None:
         typer.echo("(no --out or --json given: nothing written)")
-
-
-def _set_threads(phi, device: str) -> None:
-    # Small models on CPU run several times faster on one thread than on torch's default
-    # (measured for `workbench cache`, docs/design-decisions.md); large ones keep the default.
-    import torch
-    if device == "cpu" and sum(p.numel() for p in phi.parameters()) < 50_000_000:
-        torch.set_num_threads(1)
 
 
 def _with_bar(progress: bool, work):

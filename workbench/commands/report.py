@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -16,6 +17,7 @@ def register(app: typer.Typer) -> None:
                html: bool = typer.Option(True, "--html/--no-html", help="Also write RUN/report.html."),
                circuit_steps: int = typer.Option(8, help="Checkpoints (spread over the run) that get a circuit."),
                method: str = typer.Option("eap-ig", help="Edge scores for the circuit: eap, eap-ig or exact."),
+               threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: cores - 1, at least 1)."),
                progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")) -> None:
         """Print the loss-curve summary and, when recorded, the best head's induction score per step;
         write RUN/report.html (loss, head scores, the strongest induction head, the induction circuit)."""
@@ -27,6 +29,8 @@ def register(app: typer.Typer) -> None:
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
         typer.echo(format_report(run, summary))
         if html:
+            from workbench.threads import use_threads
+            use_threads(threads)
             write_html(run, circuit_steps, method, progress)
 
 
