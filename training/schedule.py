@@ -39,3 +39,20 @@ def record_steps(max_steps: int, every: int, log_spaced: bool) -> list[int]:
             steps.add(s)
             s *= 2
     return sorted(steps)
+
+
+def log_spaced_steps(max_steps: int, n: int) -> list[int]:
+    """At most ``n`` steps from 0 to ``max_steps``, evenly spaced in log(step): dense early, sparse late.
+
+    Step 0 (the initialisation) and ``max_steps`` are always among them (for ``n`` >= 2); the
+    others are ``max_steps ** (i / (n - 2))`` rounded, so small runs get fewer than ``n``
+    distinct steps. Used for the model-only checkpoints that show a circuit forming.
+    """
+    if n <= 0:
+        return []
+    if n == 1:
+        return [max_steps]
+    points = {0, max_steps}
+    for i in range(n - 2):   # 1 = max_steps ** 0, up to max_steps ** ((n - 3) / (n - 2))
+        points.add(int(round(max_steps ** (i / (n - 2)))))
+    return sorted(points)
