@@ -80,8 +80,8 @@ def bench_gpu(preset: str, micro: int, seq: int, steps: int, compile_: bool) -> 
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     cfg = PhiConfig.from_name(preset)
     model = PhiModel(cfg).to(dev)
-    from workbench.training.trainer import enable_activation_checkpointing
-    enable_activation_checkpointing(model)
+    from workbench.training.trainer import enable_recompute_activations
+    enable_recompute_activations(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     fwd = torch.compile(model) if compile_ else model
     n = sum(p.numel() for p in model.parameters())
