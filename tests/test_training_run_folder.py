@@ -145,10 +145,19 @@ def test_damaged_recording_on_resume_names_the_file(run, config, capsys):
     _unchanged(run, before)           # nothing else was cut back
 
 
-def test_damaged_config_toml_on_resume_names_the_file(run, capsys):
-    (run / "config.toml").write_text("[model\n")
+@pytest.mark.parametrize("text, needle", [("[model\n", "damaged"), ("", "is empty")])
+def test_damaged_config_toml_on_resume_names_the_file(run, capsys, text, needle):
+    (run / "config.toml").write_text(text)
     code, _, err = cli(capsys, "train", "--out", run, "--no-progress", "--resume")
-    assert_one_line_error(code, err, str(run / "config.toml"), "damaged")
+    assert_one_line_error(code, err, str(run / "config.toml"), needle)
+
+
+def test_unknown_record_hook_is_refused_before_anything_is_written(config, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace('"blocks.1.hook_resid_post"]', '"blocks.1.hook_resid_psot"]'))
+    code, _, err = cli(capsys, "train", bad, "--out", tmp_path / "run", "--no-progress")
+    assert_one_line_error(code, err, "blocks.1.hook_resid_psot", "blocks.1.hook_resid_post")
+    assert "recording" not in err and not (tmp_path / "run" / "config.toml").exists()
 
 
 def test_kill_before_config_toml_leaves_a_folder_that_trains(config, tmp_path, capsys):

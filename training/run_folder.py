@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from workbench.errors import DamagedFileError, FileConflictError, InputError
-from workbench.model import PhiConfig
+from workbench.model import PhiConfig, PhiModel
 
 from . import run_state
 from .config import ConfigError, TrainConfig, resume_conflicts
@@ -79,6 +81,9 @@ def check_run_folder(run_dir: Path, cfg: TrainConfig, resume: bool, world: int) 
 def run_config(run_dir: Path) -> TrainConfig:
     """The run's own config (``RUN/config.toml``); a damaged file is a ``DamagedFileError``."""
     path = Path(run_dir) / CONFIG_FILE
+    if not path.read_text().strip():
+        raise DamagedFileError(f"{path} is empty; it is written once when the run starts: restore it, or "
+                               "start a new run in another --out folder")
     try:
         return TrainConfig.from_toml(path)
     except ConfigError as e:
@@ -106,6 +111,14 @@ def check_checkpoint_model(folder: Path, pcfg: PhiConfig) -> None:
     if diff:
         raise ConfigError(f"{folder} holds another model than the config builds: {', '.join(diff)}; resume "
                           "with the run's own config, or start a new run in another --out folder")
+
+
+def check_record_hooks(cfg: TrainConfig, pcfg: PhiConfig) -> None:
+    """Every name or glob in record.hooks matches a hook point of the model (else the model's error,
+    which lists the closest names)."""
+    if cfg.record.hooks:
+        with torch.device("meta"):
+            PhiModel(pcfg).resolve_hooks(list(cfg.record.hooks))
 
 
 def check_data(cfg: TrainConfig, data: TokenData) -> None:

@@ -151,7 +151,8 @@ class Trainer:
         if self.dist.is_main:
             data = build_data(self.cfg.data, self.run_dir if use_run_cache else None, log=self.log)
             run_folder.check_data(self.cfg, data)
-            model_config(self.cfg, data)   # an impossible model is refused before anything is written
+            # An impossible model, or a hook it does not have, is refused before anything is written.
+            run_folder.check_record_hooks(self.cfg, model_config(self.cfg, data))
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cache_data(data, self.run_dir, replace=not use_run_cache)
         dist_.barrier(self.dist)
@@ -213,11 +214,11 @@ class Trainer:
             return Recorder(self.model, self.cfg, self.run_dir, self.data, self.device,
                             write=self.dist.is_main, resume_step=self.step if resuming else None)
         except UserError as e:
-            if str(path) in str(e):
+            if not resuming or str(path) in str(e):
                 raise
             raise type(e)(f"{path}: {e}") from None
         except (OSError, RuntimeError, ValueError, KeyError) as e:
-            if is_disk_full(e, path):
+            if not resuming or is_disk_full(e, path):
                 raise
             raise run_folder.damaged_recording(path, e) from None
 
