@@ -3,11 +3,12 @@
     python bench/fault_training.py --kills 30 --seed 0          # both parts (~15 min on a busy 2-core box)
     python bench/fault_training.py --kills 0                    # the bad inputs only
 
-Kills: a reference run of the tiny config (60 steps, checkpoints every 10, recorded every 5) runs
-once uninterrupted. Each trial starts the same command, SIGKILLs it after a random delay drawn
-uniformly from [0, 1.2 x the reference's wall time] (so kills land in start-up, while the folder
-and its first files are created, in training, in checkpoint writes, and after the end), then
-runs it with --resume until it exits. A trial passes when the resume exits 0 and the run equals the
+Kills: a reference run of the tiny config (2,000 steps, checkpoints every 200, recorded every 100
+and at log-spaced steps) runs once uninterrupted, timing when its folder, its config.toml and its
+first metrics line appear. Each trial starts the same command and SIGKILLs it after a random
+delay: one trial in three uniformly within the creation window (from 0.5 s before the folder
+appears to 0.5 s after the first metrics line), the others uniformly over the whole run; then it
+runs the command with --resume until it exits. A trial passes when the resume exits 0 and the run equals the
 reference bit for bit: every logged loss, every recorded activation, the final weights. For each
 kill during training it also counts the steps the kill lost (the last logged step minus the
 checkpoint the resume started from).
@@ -37,7 +38,7 @@ import numpy as np
 
 from workbench.training.config import load_config
 
-STEPS, EVERY, RECORD = 60, 10, 5
+STEPS, EVERY, RECORD = 2000, 200, 100
 TIMEOUT_S = 300
 
 
@@ -109,30 +110,47 @@ def one_kill(config: Path, out: Path, delay: float, reference: dict) -> KillResu
     return KillResult(delay, phase, True, ok, lost)
 
 
+def reference_timeline(config: Path, out: Path) -> dict[str, float]:
+    """Run the reference once, noting when its folder, config.toml and first metrics line appear."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *train_args(config, out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marks: dict[str, float] = {}
+    while proc.poll() is None:
+        now = time.perf_counter() - t0
+        for name, ready in (("folder", out.exists()), ("config", (out / "config.toml").exists()),
+                            ("metrics", last_logged(out) is not None)):
+            if ready and name not in marks:
+                marks[name] = now
+        time.sleep(0.01)
+    if proc.returncode != 0:
+        raise SystemExit(f"the reference run failed: {proc.stderr.read()[-2000:]}")
+    marks["end"] = time.perf_counter() - t0
+    return marks
+
+
 def kill_campaign(config: Path, work: Path, n: int, seed: int) -> dict:
     ref = work / "reference"
-    t0 = time.perf_counter()
-    r = workbench(*train_args(config, ref))
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"the reference run failed: {r.stderr[-2000:]}")
+    marks = reference_timeline(config, ref)
     reference = snapshot(ref)
     rng = random.Random(seed)
     results = []
     for i in range(n):
         out = work / f"kill{i}"
-        res = one_kill(config, out, rng.uniform(0, 1.2 * wall), reference)
+        lo, hi = (marks["folder"] - 0.5, marks.get("metrics", marks["end"]) + 0.5) if i % 3 == 0 else (0, marks["end"])
+        res = one_kill(config, out, rng.uniform(max(0.0, lo), hi), reference)
         results.append(res)
         print(f"  kill {i + 1}/{n} at {res.delay_s:5.1f} s ({res.phase}): "
               f"{'bit-equal' if res.identical else 'DIFFERENT' if res.resumed else 'RESUME FAILED ' + res.error}",
               flush=True)
         shutil.rmtree(out, ignore_errors=True)
     lost = [r.lost_steps for r in results if r.lost_steps is not None]
-    return {"reference_wall_s": round(wall, 1), "kills": n, "resumed": sum(r.resumed for r in results),
-            "bit_equal": sum(r.identical for r in results),
+    return {"reference_s": {k: round(v, 1) for k, v in marks.items()}, "kills": n,
+            "resumed": sum(r.resumed for r in results), "bit_equal": sum(r.identical for r in results),
             "phases": {p: sum(r.phase.startswith(p) for r in results)
                        for p in ("start-up", "creating the run", "training", "after the end")},
-            "lost_steps": {"max": max(lost), "median": float(np.median(lost)), "n": len(lost)} if lost else None,
+            "lost_steps": {"max": max(lost), "median": float(np.median(lost)), "n": len(lost),
+                           "checkpoint_every": EVERY} if lost else None,
             "failures": [vars(r) for r in results if not r.identical]}
 
 

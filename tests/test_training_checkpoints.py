@@ -10,7 +10,7 @@ import torch
 from workbench import PhiModel
 from workbench.training.config import load_config
 from workbench.training.run_state import STATE_FILE, list_checkpoints, save_checkpoint
-from workbench.training.schedule import log_spaced_steps
+from workbench.training.schedule import log_spaced_steps, record_steps, snapshot_steps
 
 
 def test_log_spaced_steps_are_dense_early_and_include_both_ends():
@@ -18,6 +18,14 @@ def test_log_spaced_steps_are_dense_early_and_include_both_ends():
     assert log_spaced_steps(3000, 16) == [0, 1, 2, 3, 6, 10, 17, 31, 55, 97, 172, 305, 540, 956, 1693, 3000]
     assert log_spaced_steps(10, 1) == [10] and log_spaced_steps(10, 0) == []
     assert log_spaced_steps(3, 10) == [0, 1, 2, 3]   # a short run has fewer distinct steps
+
+
+def test_snapshot_steps_move_to_the_nearest_recorded_step():
+    recorded = record_steps(1500, 25, True)
+    steps = snapshot_steps(1500, 28, recorded)
+    assert set(steps) <= set(recorded) and steps[0] == 0 and steps[-1] == 1500
+    assert [s for s in steps if 250 <= s <= 700] == [275, 375, 475, 650]   # dense through the default's transition
+    assert snapshot_steps(20, 6) == log_spaced_steps(20, 6)               # no recording: the steps themselves
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,7 @@ def run(tmp_path_factory) -> Path:
 
 def test_snapshots_are_kept_beside_the_last_full_checkpoint(run):
     found = list_checkpoints(run)
-    assert sorted(found) == [0, 1, 2, 4, 9, 20]        # full checkpoints 5, 10, 15 went (keep_last 1)
+    assert sorted(found) == [0, 1, 2, 4, 8, 20]        # full checkpoints 5, 10, 15 went (keep_last 1)
     assert [s for s, p in found.items() if (p / STATE_FILE).is_file()] == [20]
     for step, folder in found.items():
         assert folder == run / "checkpoints" / f"step_{step:08d}"
@@ -44,7 +52,7 @@ def test_each_snapshot_is_the_model_the_recording_saw(run):
     store = ActivationStore.open(run / "activations.h5")
     probe = store.tokens[:]
     name = "blocks.1.hook_resid_post"
-    for step in (0, 1, 2, 4, 20):                        # the snapshot steps that were also recorded
+    for step in list_checkpoints(run):                   # every snapshot step is a recorded step
         model = PhiModel.from_pretrained(list_checkpoints(run)[step])
         _, cache = model.run_with_cache(probe, names_filter=[name])
         torch.testing.assert_close(store.at_step(step)[name][:].float(), cache[name].float(), atol=2e-3, rtol=2e-3)

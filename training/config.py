@@ -119,8 +119,9 @@ class CheckpointSection:
     """HF-format checkpoints plus trainer state, for ``--resume`` and for analysis."""
     every: int = 0                     # steps between checkpoints (0: only at the end)
     keep_last: int = 0                 # delete older checkpoints beyond this many (0: keep all)
-    log_spaced: int = 0                # also keep this many model-only folders (weights + tokenizer) at
-                                       # log-spaced steps from 0 to max_steps, for circuits across training
+    log_spaced: int = 0                # also keep up to this many model-only folders (weights + tokenizer) at
+                                       # log-spaced steps from 0 to max_steps (each moved to the nearest
+                                       # recorded step, so the recording lies beside it): circuits over training
 
 
 # Keys renamed in this release: {(section, old name): new name}. The old name works for one

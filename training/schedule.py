@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -56,3 +57,14 @@ def log_spaced_steps(max_steps: int, n: int) -> list[int]:
     for i in range(n - 2):   # 1 = max_steps ** 0, up to max_steps ** ((n - 3) / (n - 2))
         points.add(int(round(max_steps ** (i / (n - 2)))))
     return sorted(points)
+
+
+def snapshot_steps(max_steps: int, n: int, recorded: Sequence[int] = ()) -> list[int]:
+    """The steps of the model-only snapshots: ``log_spaced_steps``, each moved to the nearest of the
+    ``recorded`` steps when there are any, so every snapshot has the recording beside it (circuits
+    and head scores at the same steps). Steps that coincide are kept once."""
+    steps = log_spaced_steps(max_steps, n)
+    if recorded:
+        rec = sorted(recorded)
+        steps = [min(rec, key=lambda r: (abs(r - s), r)) for s in steps]
+    return sorted(set(steps))

@@ -37,7 +37,7 @@ from .files import free_bytes, is_disk_full, is_read_only, write_text_atomically
 from .metrics import MetricsLog
 from .progress import Progress
 from .recorder import Recorder
-from .schedule import log_spaced_steps, make_scheduler, record_steps
+from .schedule import make_scheduler, record_steps, snapshot_steps
 
 # On a stop signal the trainer saves a checkpoint of the step it finished when the state to write
 # (fp32 weights and AdamW's two moments: 12 bytes a parameter) is at most this big: a few seconds
@@ -137,7 +137,8 @@ class Trainer:
             # Every check has passed: from here on the run folder changes.
             self._prepare_files(resuming=resume_from is not None, started_over=check.started and not resume_from)
         self.record_at = set(record_steps(cfg.schedule.max_steps, cfg.record.every, cfg.record.log_spaced))
-        self.snapshot_at = set(log_spaced_steps(cfg.schedule.max_steps, cfg.checkpoint.log_spaced))
+        self.snapshot_at = set(snapshot_steps(cfg.schedule.max_steps, cfg.checkpoint.log_spaced,
+                                              sorted(self.record_at) if cfg.record.hooks else ()))
 
     # -- set-up ----------------------------------------------------------------
     def _load_data(self, use_run_cache: bool) -> tuple[TokenData, PhiConfig]:

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         Under `torchrun --nproc_per_node N` the same command trains with DDP (or FSDP2: system.parallel).
         """
         warnings.formatwarning = lambda msg, *_a, **_k: f"warning: {msg}\n"
-        from workbench.training.config import TrainConfig, load_config
+        from workbench.training.config import load_config
 
         cfg_path = out / "config.toml"
         if resume and config is None and cfg_path.is_file():
