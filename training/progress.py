@@ -66,6 +66,7 @@ class Progress:
         self.rate.add(self.t_start, start_step * tokens_per_step)
         self._estimated = False
         self._last_status = self.t_start
+        self.loss: Optional[float] = None   # the last loss read (logging steps only)
         self.bar = (tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                          smoothing=0.0, mininterval=0.5) if bar else None)
 
@@ -82,6 +83,8 @@ class Progress:
     def update(self, step: int, loss: Optional[float] = None) -> None:
         """After optimizer step ``step``; ``loss`` when it was read (logging steps)."""
         now = time.perf_counter()
+        self.loss = loss if loss is not None else self.loss
+        loss = self.loss
         self.rate.add(now, step * self.tokens_per_step)
         r, eta = self.rate.rate(), self.eta_s(step)
         if not self._estimated and self.rate.span_s >= ESTIMATE_AFTER_S and eta is not None:

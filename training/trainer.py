@@ -130,7 +130,7 @@ class Trainer:
             self.data, pcfg = self._load_data(use_run_cache=check.started)
             if resume_from is not None:
                 run_folder.check_checkpoint_model(resume_from.folder, pcfg)
-            self._build(pcfg)
+            self._build()
             self.step, self.tokens_seen = 0, 0
             if resume_from is not None:
                 self._restore(resume_from)
@@ -161,11 +161,11 @@ class Trainer:
             data = build_data(self.cfg.data, self.run_dir)
         return data, model_config(self.cfg, data)
 
-    def _build(self, pcfg: PhiConfig) -> None:
+    def _build(self) -> None:
+        """The model (seeded), its wrapping, the optimizer, the schedule and the grad scaler."""
         cfg = self.cfg
         self.micro, self.accum = plan_batch(cfg.data, self.dist.world)
-        torch.manual_seed(cfg.seed)
-        self.model = PhiModel(pcfg, tokenizer=self.data.tokenizer).to(self.device)
+        self.model = build_model(cfg, self.data).to(self.device)
         if cfg.system.recompute_activations:
             enable_recompute_activations(self.model)
         self.amp_dtype = autocast_dtype(cfg.system.precision, self.device)
