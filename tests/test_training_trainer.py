@@ -169,3 +169,13 @@ def test_metrics_rows_and_report_command(tmp_path, capsys, monkeypatch):
             assert "loss curve:" in out.out and "induction score" in out.out and "step      6:" in out.out
         else:
             assert "not a training run folder" in out.err
+
+
+def test_old_name_of_enable_recompute_activations_warns_and_works():
+    from workbench import PhiConfig, PhiModel
+    from workbench.training.trainer import enable_activation_checkpointing
+    model = PhiModel(PhiConfig.from_name("tiny"))
+    plain = model.blocks[0].forward
+    with pytest.warns(FutureWarning, match="renamed enable_recompute_activations"):
+        enable_activation_checkpointing(model)
+    assert model.blocks[0].forward is not plain

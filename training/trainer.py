@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -95,6 +96,13 @@ def enable_recompute_activations(model: PhiModel) -> None:
         inner = block.forward
         block.forward = (lambda *a, _f=inner, **k:  # type: ignore[method-assign]
                          recompute(_f, *a, use_reentrant=False, **k))
+
+
+def enable_activation_checkpointing(model: PhiModel) -> None:
+    """Deprecated name of ``enable_recompute_activations`` (kept for one release)."""
+    warnings.warn("enable_activation_checkpointing is renamed enable_recompute_activations; the old name "
+                  "stops working in the next release", FutureWarning, stacklevel=2)
+    enable_recompute_activations(model)
 
 
 @dataclass
