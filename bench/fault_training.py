@@ -6,9 +6,9 @@
 Kills: a reference run of the tiny config (2,000 steps, checkpoints every 200, recorded every 100
 and at log-spaced steps) runs once uninterrupted, timing when its folder, its config.toml and its
 first metrics line appear. Each trial starts the same command and SIGKILLs it after a random
-delay: one trial in three uniformly within the creation window (from 0.5 s before the folder
-appears to 0.5 s after the first metrics line), the others uniformly over the whole run; then it
-runs the command with --resume until it exits. A trial passes when the resume exits 0 and the run equals the
+delay: one trial in three waits until the run folder appears and kills within the creation
+window (up to 0.2 s past the time the reference took from its folder to its first metrics line),
+the others uniformly over the whole run; then it runs the command with --resume until it exits. A trial passes when the resume exits 0 and the run equals the
 reference bit for bit: every logged loss, every recorded activation, the final weights. For each
 kill during training it also counts the steps the kill lost (the last logged step minus the
 checkpoint the resume started from).
@@ -92,9 +92,12 @@ class KillResult:
     error: str = ""
 
 
-def one_kill(config: Path, out: Path, delay: float, reference: dict) -> KillResult:
+def one_kill(config: Path, out: Path, delay: float, reference: dict, after_folder: bool = False) -> KillResult:
+    """Start the run, SIGKILL it ``delay`` s after its start (or after its folder appears), resume it."""
     proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *train_args(config, out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while after_folder and not out.exists() and proc.poll() is None:
+        time.sleep(0.002)   # the creation window is well under a second: start the clock at the event
     time.sleep(delay)
     finished = proc.poll() is not None
     proc.kill()
@@ -137,8 +140,9 @@ def kill_campaign(config: Path, work: Path, n: int, seed: int) -> dict:
     results = []
     for i in range(n):
         out = work / f"kill{i}"
-        lo, hi = (marks["folder"] - 0.5, marks.get("metrics", marks["end"]) + 0.5) if i % 3 == 0 else (0, marks["end"])
-        res = one_kill(config, out, rng.uniform(max(0.0, lo), hi), reference)
+        creating = i % 3 == 0
+        hi = (marks.get("metrics", marks["end"]) - marks["folder"] + 0.2) if creating else marks["end"]
+        res = one_kill(config, out, rng.uniform(0, hi), reference, after_folder=creating)
         results.append(res)
         print(f"  kill {i + 1}/{n} at {res.delay_s:5.1f} s ({res.phase}): "
               f"{'bit-equal' if res.identical else 'DIFFERENT' if res.resumed else 'RESUME FAILED ' + res.error}",

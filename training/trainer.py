@@ -436,7 +436,7 @@ class Trainer:
                  f"{n:,} parameters on {self.device}{threads}")
         self.log(f"data: {self.data.describe()}; {c.data.batch_size} x {c.data.seq_len} tokens a step")
         if self.recorder is not None:
-            self.log(f"recording: {len(self.recorder.names)} hooks at {len(self.record_at)} steps "
+            self.log(f"recording: {len(self.recorder.names)} hooks at {len(self.record_at):,} steps "
                      f"to {self.run_dir / 'activations.h5'}")
         remaining = c.schedule.max_steps - self.step
         verb = f"resuming at step {self.step:,}: " if self.step else ""
