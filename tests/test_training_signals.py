@@ -102,7 +102,7 @@ def test_sigterm_exits_143_and_the_run_resumes_where_it_stopped(config, tmp_path
     assert second > first
 
 
-def test_a_signal_while_setting_up_exits_at_once_and_leaves_no_run(tmp_path):
+def test_a_signal_while_setting_up_exits_143_without_a_traceback(tmp_path):
     out = tmp_path / "run"
     # The tiny config trains its own tokenizer first; the signal lands during set-up (or, on a very
     # fast machine, in the first steps): either way exit 143, no traceback, and a folder that trains.
