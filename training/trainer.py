@@ -63,11 +63,16 @@ def model_config(cfg: TrainConfig, data: TokenData) -> PhiConfig:
         raise InputError(f"[model]: {e}") from None
 
 
-def build_model(cfg: TrainConfig, data: TokenData) -> PhiModel:
-    """A freshly initialised PhiModel for the config (seeded), with the data's vocabulary."""
+def build_model(cfg: TrainConfig, data: TokenData, device: Optional[torch.device] = None) -> PhiModel:
+    """A freshly initialised PhiModel for the config (seeded), with the data's vocabulary.
+
+    ``device``: where the weights are created and initialised (a GPU initialises phi-2's 2.8 B
+    parameters in a moment, a CPU takes tens of seconds); the default is the CPU.
+    """
     pcfg = model_config(cfg, data)
     torch.manual_seed(cfg.seed)
-    return PhiModel(pcfg, tokenizer=data.tokenizer)
+    with torch.device(device or "cpu"):
+        return PhiModel(pcfg, tokenizer=data.tokenizer)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -173,7 +178,7 @@ class Trainer:
         """The model (seeded), its wrapping, the optimizer, the schedule and the grad scaler."""
         cfg = self.cfg
         self.micro, self.accum = plan_batch(cfg.data, self.dist.world)
-        self.model = build_model(cfg, self.data).to(self.device)
+        self.model = build_model(cfg, self.data, self.device)
         if cfg.system.recompute_activations:
             enable_recompute_activations(self.model)
         self.amp_dtype = autocast_dtype(cfg.system.precision, self.device)
