@@ -2,14 +2,8 @@
 
 ``from workbench.training import TrainConfig, Trainer``; the CLI is ``workbench train``.
 """
-from .config import ConfigError, TrainConfig, load_config
+from .config import ConfigError, TrainConfig, list_configs, load_config
+from .run_state import list_checkpoints
+from .trainer import Trainer, train
 
-__all__ = ["ConfigError", "TrainConfig", "Trainer", "load_config", "train"]
-
-
-def __getattr__(name: str):
-    # The trainer imports torch; keep ``import workbench.training`` (and config parsing) light.
-    if name in ("Trainer", "train"):
-        from . import trainer
-        return getattr(trainer, name)
-    raise AttributeError(name)
+__all__ = ["ConfigError", "TrainConfig", "Trainer", "list_checkpoints", "list_configs", "load_config", "train"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -93,9 +94,10 @@ class SystemSection:
     device: str = "auto"               # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     precision: str = "auto"            # auto (bf16 autocast on GPUs that have it, else fp16; fp32 on CPU), fp32, bf16, fp16
     compile: bool = False              # torch.compile the training forward
-    activation_checkpointing: bool = False
+    recompute_activations: bool = False  # recompute each block's activations in the backward instead of
+                                         # storing them (less memory, ~1/3 more compute; "activation checkpointing")
     parallel: str = "ddp"              # under torchrun: ddp (replicated) or fsdp (sharded, FSDP2)
-    num_threads: int = 0               # CPU threads for torch (0: torch's default)
+    num_threads: int = 0               # CPU threads for torch (0: torch's default; 1 is fastest for small models)
 
 
 @dataclass
@@ -117,7 +119,14 @@ class CheckpointSection:
     """HF-format checkpoints plus trainer state, for ``--resume`` and for analysis."""
     every: int = 0                     # steps between checkpoints (0: only at the end)
     keep_last: int = 0                 # delete older checkpoints beyond this many (0: keep all)
+    log_spaced: int = 0                # also keep up to this many model-only folders (weights + tokenizer) at
+                                       # log-spaced steps from 0 to max_steps (each moved to the nearest
+                                       # recorded step, so the recording lies beside it): circuits over training
 
+
+# Keys renamed in this release: {(section, old name): new name}. The old name works for one
+# release, with a warning that says what to write instead.
+RENAMED = {("system", "activation_checkpointing"): "recompute_activations"}
 
 SECTIONS: dict[str, type] = {
     "model": ModelSection, "data": DataSection, "optimizer": OptimizerSection,
@@ -208,8 +217,22 @@ def _check_keys(d: dict, valid: set, where: str) -> None:
 
 
 def _section(cls: type, d: dict, where: str) -> Any:
+    d = _renamed(cls, d, where)
     _check_keys(d, {f.name for f in dataclasses.fields(cls)}, where)
     return cls(**{k: _typed(cls, k, v, where) for k, v in d.items()})
+
+
+def _renamed(cls: type, d: dict, where: str) -> dict:
+    section = next(name for name, c in SECTIONS.items() if c is cls)
+    out = dict(d)
+    for (sec, old), new in RENAMED.items():
+        if sec == section and old in out:
+            if new in out:
+                raise ConfigError(f"{where}: {old!r} is the old name of {new!r}; keep only {new!r}")
+            warnings.warn(f"{where}: {old!r} is renamed {new!r}; the old name stops working in the next "
+                          "release", FutureWarning, stacklevel=2)
+            out[new] = out.pop(old)
+    return out
 
 
 def _typed(cls: type, key: str, value: Any, where: str) -> Any:
@@ -249,31 +272,100 @@ def _toml_value(v: Any) -> str:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Value checks that a type check cannot do; each names the key."""
+    """Value checks that a type check cannot do; each message names the key and the rule."""
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ConfigError(msg)
-    d, s, r = cfg.data, cfg.schedule, cfg.record
+    _validate_data(cfg.data, need)
+    _validate_optimizer(cfg.optimizer, need)
+    s, sy, r, c = cfg.schedule, cfg.system, cfg.record, cfg.checkpoint
+    need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    need(s.max_steps >= 1, f"schedule.max_steps must be at least 1, got {s.max_steps}")
+    need(s.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {s.warmup_steps}")
+    need(0.0 <= s.min_lr_ratio <= 1.0, f"schedule.min_lr_ratio must be between 0 and 1, got {s.min_lr_ratio}")
+    need(s.log_every >= 1, f"schedule.log_every must be at least 1, got {s.log_every}")
+    need(s.eval_every >= 0, f"schedule.eval_every must be >= 0 (0: only at the end), got {s.eval_every}")
+    need(s.eval_batches >= 1, f"schedule.eval_batches must be at least 1, got {s.eval_batches}")
+    need(sy.precision in ("auto", "fp32", "bf16", "fp16"),
+         f"system.precision must be auto, fp32, bf16 or fp16, got {sy.precision!r}")
+    need(sy.parallel in ("ddp", "fsdp"), f"system.parallel must be ddp or fsdp, got {sy.parallel!r}")
+    need(sy.num_threads >= 0, f"system.num_threads must be >= 0 (0: torch's default), got {sy.num_threads}")
+    need(r.dtype in ("float16", "bfloat16", "float32"),
+         f"record.dtype must be float16, bfloat16 or float32, got {r.dtype!r}")
+    need(r.every >= 0, f"record.every must be >= 0 (0: log-spaced steps only), got {r.every}")
+    need(r.probe_rows >= 0 and r.probe_val_rows >= 0, "record.probe_rows and record.probe_val_rows must be >= 0, "
+         f"got {r.probe_rows} and {r.probe_val_rows}")
+    need(r.probe_rows + r.probe_val_rows >= 1 or not r.hooks,
+         "record.hooks is set but the probe set is empty: set record.probe_rows or record.probe_val_rows")
+    need(r.probe_period >= 1, f"record.probe_period must be at least 1, got {r.probe_period}")
+    need(r.probe_repeats >= 2, "record.probe_repeats must be at least 2 (induction needs a repeat)")
+    need(r.queue_size >= 1, f"record.queue_size must be at least 1, got {r.queue_size}")
+    need(c.every >= 0, f"checkpoint.every must be >= 0 (0: only at the end), got {c.every}")
+    need(c.keep_last >= 0, f"checkpoint.keep_last must be >= 0 (0: keep all), got {c.keep_last}")
+    need(c.log_spaced >= 0, f"checkpoint.log_spaced must be >= 0 (0: none), got {c.log_spaced}")
+    for key in ("d_model", "n_layers", "n_heads", "d_mlp", "n_ctx"):
+        v = getattr(cfg.model, key)
+        need(v is None or v >= 1, f"model.{key} must be at least 1, got {v}")
+
+
+# A byte-level BPE starts from the 256 byte tokens plus <|endoftext|>.
+MIN_BPE_VOCAB = 257
+
+
+def _validate_data(d: DataSection, need) -> None:
     need(d.seq_len >= 2, f"data.seq_len must be at least 2, got {d.seq_len}")
     need(d.batch_size >= 1, f"data.batch_size must be at least 1, got {d.batch_size}")
     need(d.micro_batch_size >= 0, "data.micro_batch_size must be >= 0 (0: batch_size / processes)")
+    need(d.max_corpus_bytes >= 0, f"data.max_corpus_bytes must be >= 0 (0: no cap), got {d.max_corpus_bytes}")
     need(0.0 <= d.synthetic_fraction <= 1.0, "data.synthetic_fraction must be between 0 and 1")
     need(0.0 < d.val_fraction < 1.0, "data.val_fraction must be between 0 and 1 (exclusive)")
     need(2 <= d.synthetic_period_min <= d.synthetic_period_max,
          "data.synthetic_period_min must be >= 2 and <= data.synthetic_period_max")
     need(d.synthetic_vocab_size == 0 or d.synthetic_vocab_size >= 3,
          "data.synthetic_vocab_size must be 0 (whole vocabulary) or at least 3")
-    need(s.max_steps >= 1, "schedule.max_steps must be at least 1")
-    need(s.log_every >= 1, "schedule.log_every must be at least 1")
-    need(cfg.system.precision in ("auto", "fp32", "bf16", "fp16"),
-         f"system.precision must be auto, fp32, bf16 or fp16, got {cfg.system.precision!r}")
-    need(cfg.system.parallel in ("ddp", "fsdp"), f"system.parallel must be ddp or fsdp, got {cfg.system.parallel!r}")
-    need(r.dtype in ("float16", "bfloat16", "float32"),
-         f"record.dtype must be float16, bfloat16 or float32, got {r.dtype!r}")
-    need(r.every >= 0 and cfg.checkpoint.every >= 0, "record.every and checkpoint.every must be >= 0")
-    need(r.probe_rows + r.probe_val_rows >= 1 or not r.hooks,
-         "record.hooks is set but the probe set is empty: set record.probe_rows or record.probe_val_rows")
-    need(r.probe_repeats >= 2, "record.probe_repeats must be at least 2 (induction needs a repeat)")
+    need(d.vocab_size >= 2, f"data.vocab_size must be at least 2, got {d.vocab_size}")
+    memmap_only = bool(d.sources) and all(Path(s).suffix in (".bin", ".npy") for s in d.sources)
+    need(bool(d.tokenizer) or memmap_only or d.vocab_size >= MIN_BPE_VOCAB,
+         f"data.vocab_size is {d.vocab_size}, but the byte-level BPE trained on the corpus starts from "
+         f"{MIN_BPE_VOCAB} tokens (256 bytes + <|endoftext|>): set data.vocab_size to at least {MIN_BPE_VOCAB}")
+
+
+def _validate_optimizer(o: OptimizerSection, need) -> None:
+    need(o.lr > 0, f"optimizer.lr must be > 0, got {o.lr}")
+    need(0.0 <= o.beta1 < 1.0, f"optimizer.beta1 must be in [0, 1), got {o.beta1}")
+    need(0.0 <= o.beta2 < 1.0, f"optimizer.beta2 must be in [0, 1), got {o.beta2}")
+    need(o.eps > 0, f"optimizer.eps must be > 0, got {o.eps}")
+    need(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}")
+    need(o.grad_clip >= 0, f"optimizer.grad_clip must be >= 0 (0: no clipping), got {o.grad_clip}")
+
+
+# Keys a resumed run may change: where and how fast it runs, and what it writes when. Every
+# other key shapes the model, the data or the arithmetic, so changing it would make the resumed
+# run something other than the continuation of the run on disk.
+CHANGEABLE_ON_RESUME = frozenset({
+    "name", "system.device", "system.num_threads", "system.compile", "record.queue_size",
+    "checkpoint.every", "checkpoint.keep_last", "checkpoint.log_spaced",
+    "schedule.log_every", "schedule.eval_every", "schedule.eval_batches",
+})
+
+
+def flat(cfg: TrainConfig) -> dict[str, Any]:
+    """``{"section.key": value}`` (top-level keys keep their name): the config as one flat dict."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def resume_conflicts(run: TrainConfig, given: TrainConfig) -> list[str]:
+    """The keys (``"model.d_model 64 -> 128"``) on which ``given`` differs from the run's own config
+    in a way a resume cannot honour (anything outside ``CHANGEABLE_ON_RESUME``)."""
+    a, b = flat(run), flat(given)
+    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in CHANGEABLE_ON_RESUME and a.get(k) != b.get(k)]
 
 
 def list_configs() -> list[str]:
@@ -282,7 +374,7 @@ def list_configs() -> list[str]:
 
 
 def load_config(path: Optional[Union[str, Path]]) -> TrainConfig:
-    """A TOML path, the name of a shipped example (``default``, ``phi2-gpu``), or None for the default."""
+    """A TOML path, the name of a shipped example (``list_configs()``), or None for the default."""
     if path is None:
         return TrainConfig.default()
     p = Path(path)

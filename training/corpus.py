@@ -53,8 +53,28 @@ def stdlib_files() -> list[tuple[str, Path]]:
     return sorted((p.relative_to(root).as_posix(), p) for p in files)
 
 
+# A text with more undecodable bytes than this share is not text (a few stray bytes in a large
+# file are common and are replaced; a NUL byte never is).
+MAX_BAD_BYTES = 0.01
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of ``path``; binary content (NUL bytes, or > 1% invalid UTF-8) is an ``InputError``."""
+    raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise InputError(f"data source {path} is binary, not text (a NUL byte at offset {nul:,}); remove it "
+                         "from data.sources, or give token ids as a .bin/.npy file")
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if bad > MAX_BAD_BYTES * max(1, len(raw)):
+        raise InputError(f"data source {path} is not UTF-8 text ({bad:,} of {len(raw):,} bytes do not "
+                         "decode); convert it to UTF-8 or remove it from data.sources")
+    return text
+
+
 def _read(path: Path) -> Callable[[], str]:
-    return lambda: path.read_text(encoding="utf-8", errors="replace")
+    return lambda: read_text_file(path)
 
 
 def _documents_of(source: str, jsonl_field: str) -> Iterator[tuple[str, Callable[[], str]]]:

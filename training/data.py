@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from workbench.errors import InputError, MissingFileError
+from workbench.errors import DamagedFileError, InputError, MissingFileError
 from workbench.model import Tokenizer
+from workbench.tasks import repeated_random_tokens
 
 from .config import DataSection
 from .corpus import MEMMAP_SUFFIXES, Corpus, load_corpus
+from .files import write_atomically
 
 SPECIAL = "<|endoftext|>"
 
@@ -33,6 +35,7 @@ class TokenData:
     vocab_size: int
     eot: int                      # id separating documents (also the synthetic rows' BOS)
     tokenizer: Optional[Tokenizer] = None
+    pretokenized: bool = False    # memmapped user files: never copied into a run's cache
 
     def describe(self) -> str:
         return f"{len(self.train):,} train / {len(self.val):,} val tokens, vocab {self.vocab_size}"
@@ -65,12 +68,17 @@ def load_memmap(path: Path, memmap_dtype: str) -> np.ndarray:
     return arr
 
 
-def build_data(cfg: DataSection, run_dir: Optional[Path] = None) -> TokenData:
+def build_data(cfg: DataSection, run_dir: Optional[Path] = None,
+               log: Optional[Callable[[str], None]] = None) -> TokenData:
     """Tokenizer and token streams for a config; cached in ``run_dir`` so a resume re-reads nothing.
 
-    With memmap sources the validation split is the last ``val_fraction`` of
-    the tokens (a pre-tokenized stream has no document names to split by).
+    With ``run_dir``, a tokenizer and token cache already there are used, and what
+    is built is cached there (each file written atomically). With memmap sources
+    the validation split is the last ``val_fraction`` of the tokens (a
+    pre-tokenized stream has no document names to split by). ``log`` is told
+    what is happening (reading, training the tokenizer, tokenizing).
     """
+    say = log or (lambda _msg: None)
     sources = list(cfg.sources)
     mem = [s for s in sources if Path(s).suffix in MEMMAP_SUFFIXES]
     if mem and len(mem) != len(sources):
@@ -78,33 +86,87 @@ def build_data(cfg: DataSection, run_dir: Optional[Path] = None) -> TokenData:
     tok: Optional[Tokenizer] = None
     tok_file = run_dir / "tokenizer.json" if run_dir else None
     if tok_file is not None and tok_file.is_file():
-        tok = Tokenizer.from_file(tok_file)
+        tok = _load_tokenizer(tok_file, "delete it to train the tokenizer again")
     elif cfg.tokenizer:
-        tok = Tokenizer.from_file(cfg.tokenizer)
+        tok = _load_tokenizer(Path(cfg.tokenizer), "fix data.tokenizer")
     if mem:
-        for m in mem:
-            if not Path(m).is_file():
-                raise MissingFileError(f"pre-tokenized file {m} does not exist")
-        arrays = [load_memmap(Path(m), cfg.memmap_dtype) for m in mem]
-        stream = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        cut = int(len(stream) * (1 - cfg.val_fraction))
-        vocab = tok.vocab_size if tok else cfg.vocab_size
-        eot = tok.bos_token_id if tok and tok.bos_token_id is not None else 0
-        return TokenData(stream[:cut], stream[cut:], vocab, eot, tok)
+        return _memmap_data(cfg, mem, tok)
     cache = (run_dir / "data") if run_dir else None
     if cache is not None and tok is not None and (cache / "train.npy").is_file():
-        return TokenData(np.load(cache / "train.npy", mmap_mode="r"), np.load(cache / "val.npy", mmap_mode="r"),
+        return TokenData(_load_cached(cache / "train.npy"), _load_cached(cache / "val.npy"),
                          tok.vocab_size, _eot(tok), tok)
+    cap = f" (up to {cfg.max_corpus_bytes / 1e6:.1f} MB)" if cfg.max_corpus_bytes else ""
+    say(f"reading the corpus: {', '.join(map(str, sources))}{cap}")
     corpus = load_corpus(sources, cfg.val_fraction, cfg.jsonl_field, cfg.max_corpus_bytes)
     if tok is None:
+        say(f"training a {cfg.vocab_size}-token byte-level BPE on {corpus.n_bytes() / 1e6:.1f} MB "
+            f"({len(corpus.train)} documents)")
         tok = Tokenizer.train_bpe(corpus.texts("train"), vocab_size=cfg.vocab_size, special=SPECIAL)
+    say("tokenizing")
     eot = _eot(tok)
     train, val = tokenize(corpus, tok, eot)
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        np.save(cache / "val.npy", val)
-        np.save(cache / "train.npy", train)  # written last: its presence means both are complete
-    return TokenData(train, val, tok.vocab_size, eot, tok)
+    data = TokenData(train, val, tok.vocab_size, eot, tok)
+    if run_dir is not None:
+        cache_data(data, run_dir)
+    return data
+
+
+def cache_data(data: TokenData, run_dir: Path, replace: bool = False) -> None:
+    """Write ``RUN/tokenizer.json`` and the token cache ``RUN/data/{train,val}.npy``, each atomically.
+
+    Files already there are kept unless ``replace``. ``train.npy`` is written last: its
+    presence means the cache is complete. Memmapped (pre-tokenized) data is not copied.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if data.tokenizer is not None and (replace or not (run_dir / "tokenizer.json").is_file()):
+        write_atomically(run_dir / "tokenizer.json", lambda p: data.tokenizer.tok.save(str(p)))
+    if data.pretokenized:
+        return
+    cache = run_dir / "data"
+    if (cache / "train.npy").is_file() and not replace:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in ("val", "train"):
+        arr = np.asarray(getattr(data, name))
+        write_atomically(cache / f"{name}.npy", lambda p, a=arr: _save_npy(p, a))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:   # a file object: np.save would add ".npy" to a temporary name
+        np.save(fh, arr)
+
+
+def _load_tokenizer(path: Path, fix: str) -> Tokenizer:
+    if not path.is_file():
+        raise MissingFileError(f"no tokenizer file at {path}; {fix}")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # noqa: BLE001 (the tokenizers library raises plain Exception)
+        raise DamagedFileError(f"{path} is not a readable tokenizer.json ({str(e)[:120]}); {fix}") from None
+
+
+def _load_cached(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise DamagedFileError(f"the token cache {path} is damaged ({e}); delete {path.parent} and "
+                               "it is rebuilt from the corpus") from None
+    if arr.ndim != 1:
+        raise DamagedFileError(f"the token cache {path} has shape {arr.shape}; delete {path.parent} and "
+                               "it is rebuilt from the corpus")
+    return arr
+
+
+def _memmap_data(cfg: DataSection, mem: list[str], tok: Optional[Tokenizer]) -> TokenData:
+    for m in mem:
+        if not Path(m).is_file():
+            raise MissingFileError(f"pre-tokenized file {m} does not exist")
+    arrays = [load_memmap(Path(m), cfg.memmap_dtype) for m in mem]
+    stream = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    cut = int(len(stream) * (1 - cfg.val_fraction))
+    vocab = tok.vocab_size if tok else cfg.vocab_size
+    eot = tok.bos_token_id if tok and tok.bos_token_id is not None else 0
+    return TokenData(stream[:cut], stream[cut:], vocab, eot, tok, pretokenized=True)
 
 
 def _eot(tok: Tokenizer) -> int:
@@ -131,7 +193,6 @@ class Batches:
 
     def global_batch(self, step: int) -> torch.Tensor:
         """``[batch_size, seq_len + 1]`` LongTensor for optimizer step ``step``."""
-        from workbench.tasks import repeated_random_tokens
         c = self.cfg
         rng = np.random.Generator(np.random.PCG64([self.seed, step]))
         n_syn = int(round(c.batch_size * c.synthetic_fraction))

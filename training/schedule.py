@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -39,3 +40,31 @@ def record_steps(max_steps: int, every: int, log_spaced: bool) -> list[int]:
             steps.add(s)
             s *= 2
     return sorted(steps)
+
+
+def log_spaced_steps(max_steps: int, n: int) -> list[int]:
+    """At most ``n`` steps from 0 to ``max_steps``, evenly spaced in log(step): dense early, sparse late.
+
+    Step 0 (the initialisation) and ``max_steps`` are always among them (for ``n`` >= 2); the
+    others are ``max_steps ** (i / (n - 2))`` rounded, so small runs get fewer than ``n``
+    distinct steps. Used for the model-only checkpoints that show a circuit forming.
+    """
+    if n <= 0:
+        return []
+    if n == 1:
+        return [max_steps]
+    points = {0, max_steps}
+    for i in range(n - 2):   # 1 = max_steps ** 0, up to max_steps ** ((n - 3) / (n - 2))
+        points.add(int(round(max_steps ** (i / (n - 2)))))
+    return sorted(points)
+
+
+def snapshot_steps(max_steps: int, n: int, recorded: Sequence[int] = ()) -> list[int]:
+    """The steps of the model-only snapshots: ``log_spaced_steps``, each moved to the nearest of the
+    ``recorded`` steps when there are any, so every snapshot has the recording beside it (circuits
+    and head scores at the same steps). Steps that coincide are kept once."""
+    steps = log_spaced_steps(max_steps, n)
+    if recorded:
+        rec = sorted(recorded)
+        steps = [min(rec, key=lambda r: (abs(r - s), r)) for s in steps]
+    return sorted(set(steps))
