@@ -31,6 +31,10 @@ def test_hook_dict_has_every_design_name_and_no_resid_mid(tiny_model):
 @torch.no_grad()
 def test_cached_shapes_follow_transformer_lens(tiny_model):
     _, cache = tiny_model.run_with_cache(TOKENS)
+    # As in TransformerLens, the per-head hook_result joins an unfiltered cache only when switched on.
+    assert "blocks.0.attn.hook_result" not in cache
+    tiny_model.set_use_attn_result(True)
+    _, cache = tiny_model.run_with_cache(TOKENS)
     b, p, h, dh, d, m = 2, 10, 2, 80, 160, 640
     shapes = {"hook_embed": (b, p, d), "blocks.0.ln1.hook_scale": (b, p, 1), "blocks.0.attn.hook_q": (b, p, h, dh),
               "blocks.0.attn.hook_rot_k": (b, p, h, dh), "blocks.0.attn.hook_attn_scores": (b, h, p, p),
@@ -211,7 +215,8 @@ def test_run_with_cache_device_batch_and_pos_options(tiny_model):
     _, last = tiny_model.run_with_cache(TOKENS, names_filter="resid_post0", pos_slice=slice(-1, None))
     torch.testing.assert_close(last["resid_post", 0], full["resid_post", 0][:, -1:])
     assert last.nbytes() == 2 * 1 * 160 * 4          # the slice was copied out of the full tensor
-    with pytest.raises(UnknownHookError, match="'resid_post1'; closest valid names: blocks.0.hook_resid_post"):
+    with pytest.raises(UnknownHookError, match="cache has no 'blocks.1.hook_resid_post'; closest cached names: "
+                                             "blocks.0.hook_resid_post"):
         full["resid_post1"]
 
 

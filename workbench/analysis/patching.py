@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from workbench.hooks import get_act_name
+from workbench.model.kv_cache import KVCache
 
 from .metrics import Metric, metric_value
 
@@ -180,12 +181,10 @@ def run_chunk(model, corr: dict, layer: int, start: int, c: int, hooks: list, me
     b = x.shape[0]
     kv = None
     if start > 0:
-        from workbench.model.kv_cache import KVCache
-        kv = KVCache(model.cfg.n_layers)
-        for i in range(model.cfg.n_layers):
-            src = i if i >= layer else layer  # layers below are not run; any prefix gives the length
-            kv.keys[i] = corr["k"][src][:, :, :start].repeat(c, 1, 1, 1)
-            kv.values[i] = corr["v"][src][:, :, :start].repeat(c, 1, 1, 1)
+        run = range(layer, model.cfg.n_layers)    # the layers below are not run: no entries for them
+        kv = KVCache.from_prefix(model.cfg.n_layers,
+                                 {i: corr["k"][i][:, :, :start].repeat(c, 1, 1, 1) for i in run},
+                                 {i: corr["v"][i][:, :, :start].repeat(c, 1, 1, 1) for i in run})
     with model.hooks(hooks):
         logits = model(x.repeat(c, 1, 1), start_at_layer=layer, kv_cache=kv)   # [c * batch, pos - start, vocab]
     out = []

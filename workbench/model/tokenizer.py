@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+import numpy as np
 import torch
 
 
@@ -54,11 +55,38 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+    # The parts of Hugging Face's tokenizer interface that TransformerLens's tools read.
+    padding_side = "right"
 
-    def to_tokens(self, text: Union[str, list[str]], prepend_bos: bool = False) -> torch.Tensor:
-        """``[batch, pos]`` int64 ids; several texts are right-padded with ``pad_token_id``."""
+    @property
+    def bos_token(self) -> Optional[str]:
+        return None if self.bos_token_id is None else self.tok.id_to_token(self.bos_token_id)
+
+    eos_token_id = property(lambda self: self.bos_token_id, doc="phi-2 uses <|endoftext|> for both")
+    eos_token = bos_token
+    pad_token = property(lambda self: self.tok.id_to_token(self.pad_token_id))
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``. ``add_special_tokens`` applies the tokenizer file's post-processor
+        (phi-2's adds nothing; a BOS is added only by ``to_tokens(prepend_bos=True)``)."""
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False, **_: object) -> str:
+        """Text of a sequence of ids (a list, a ``[pos]`` tensor or one id)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.reshape(-1).tolist()
+        elif isinstance(ids, int):
+            ids = [ids]
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, **_: object) -> list[str]:
+        return [self.decode(s, skip_special_tokens) for s in sequences]
+
+    def to_tokens(self, text: Union[str, list[str]], prepend_bos: bool = False,
+                  padding_side: Optional[str] = None) -> torch.Tensor:
+        """``[batch, pos]`` int64 ids; several texts are padded with ``pad_token_id`` (right by default)."""
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         texts = [text] if isinstance(text, str) else list(text)
         ids = [self.encode(t) for t in texts]
         if prepend_bos:
@@ -68,7 +96,10 @@ class Tokenizer:
         width = max(len(x) for x in ids)
         out = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
         for i, x in enumerate(ids):
-            out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+            if padding_side == "left":
+                out[i, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            else:
+                out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         return out
 
     def to_str_tokens(self, input, prepend_bos: bool = False) -> list:
@@ -78,15 +109,21 @@ class Tokenizer:
         if isinstance(input, torch.Tensor):
             if input.ndim == 2:
                 return [self.to_str_tokens(row) for row in input]
-            input = input.tolist()
+            input = input.reshape(-1).tolist()
         if input and isinstance(input[0], (list, tuple)):
             return [self.to_str_tokens(list(row)) for row in input]
         return [self.tok.decode([int(i)], skip_special_tokens=False) for i in input]
 
     def to_string(self, tokens) -> Union[str, list[str]]:
-        """Decode ``[pos]`` ids to a string, or ``[batch, pos]`` to a list of strings."""
+        """Decode ``[pos]`` ids (or one id) to a string, or ``[batch, pos]`` to a list of strings."""
+        if isinstance(tokens, np.ndarray):
+            tokens = torch.from_numpy(tokens)
         if isinstance(tokens, torch.Tensor):
+            if tokens.ndim > 2:
+                raise ValueError(f"to_string takes [pos] or [batch, pos] token ids, got shape {tuple(tokens.shape)}")
             tokens = tokens.tolist()
+        if isinstance(tokens, int):
+            tokens = [tokens]
         if tokens and isinstance(tokens[0], list):
             return [self.to_string(t) for t in tokens]
         return self.tok.decode([int(t) for t in tokens], skip_special_tokens=False)
