@@ -12,6 +12,7 @@ reads: ``accumulated_bias(layer, mlp_input=True)`` adds no attention bias of ``l
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -19,12 +20,26 @@ import torch
 
 from workbench.errors import InputError
 
+from .tokenizer import Tokenizer
+
 
 class TransformerLensAPI:
     """Mixin for PhiModel (which provides ``cfg``, ``tokenizer``, ``embed``, ``blocks``, ``unembed``)."""
 
     cfg: Any
-    tokenizer: Any
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer; once TransformerLens is imported, its Hugging Face twin
+        (``Tokenizer.hf``), which TransformerLens's utilities accept."""
+        tok = self.__dict__.get("_tokenizer")
+        if isinstance(tok, Tokenizer) and "transformer_lens" in sys.modules:
+            return tok.hf
+        return tok
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self.__dict__["_tokenizer"] = value
 
     # -- hook switches (TransformerLens's; they change which hooks fire, not the numbers) ----
     def set_use_attn_result(self, use_attn_result: bool) -> None:

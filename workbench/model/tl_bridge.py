@@ -41,6 +41,12 @@ def to_transformer_lens(model, tokenizer_dir: Optional[str] = None):
     hf = to_hf_model(model)
     bridge = TransformerBridge.boot_transformers("microsoft/phi-2", hf_model=hf, tokenizer=tokenizer,
                                                  device=str(model.device), dtype=model.dtype)
+    # Booting from an in-memory model skips TransformerLens's tokenizer probe and leaves
+    # tokenizer_prepends_bos at True, which makes its to_tokens drop a real first token
+    # (or keep no BOS) for tokenizers like phi-2's that add none: probe it as TL's loader does.
+    probe = bridge.tokenizer.encode("a")
+    bridge.cfg.tokenizer_prepends_bos = len(probe) > 1 and probe[0] == bridge.tokenizer.bos_token_id
+    bridge.cfg.default_prepend_bos = model.cfg.default_prepend_bos
     return bridge
 
 
