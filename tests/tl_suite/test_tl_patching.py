@@ -1,6 +1,6 @@
 """Ported from TransformerLens 4.3.0 tests/unit/test_patching.py (MIT License, see LICENSE-TransformerLens).
 
-Port: TransformerLens's patching functions run on the tiny random PhiModel (in eval mode)
+Port: TransformerLens's patching functions run on a 2-layer tiny random PhiModel (in eval mode)
 in place of tiny native bridges; the GQA variants are marked not applicable.
 """
 import pytest
@@ -10,13 +10,13 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.patching import get_act_patch_attn_head_all_pos_every
 
-from tl_port import new_phi_model, not_applicable, phi_model
+from tl_port import new_phi_model, not_applicable
 
 
 
 @pytest.fixture(scope="module")
 def model():
-    return phi_model()  # Port: the tiny random PhiModel in place of a tiny native bridge
+    return new_phi_model(n_layers=2)  # Port: a 2-layer tiny random PhiModel in place of a 2-layer native bridge
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,9 @@ def test_get_act_patch_attn_head_all_pos_every_values_vary(model, corrupted_toke
 
 
 def _tiny_model(n_key_value_heads=None):
-    # Port: a fresh tiny random PhiModel (eval mode) in place of a tiny native bridge.
+    # Port: a fresh 2-layer tiny random PhiModel (eval mode) in place of a 2-layer native bridge.
     assert n_key_value_heads is None
-    return new_phi_model()
+    return new_phi_model(n_layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -55,10 +55,10 @@ def _randomise(model: PhiModel, seed: int) -> PhiModel:
     return model
 
 
-def new_phi_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> PhiModel:
+def new_phi_model(seed: int = 0, dtype: torch.dtype = torch.float32, n_layers: int = 6) -> PhiModel:
     """A fresh model (for tests that change it); ``phi_model()`` is the shared read-only one."""
     tok = phi_tokenizer()
-    cfg = PhiConfig(d_model=64, n_layers=6, n_heads=4, d_mlp=256, d_vocab=tok.vocab_size, n_ctx=128,
+    cfg = PhiConfig(d_model=64, n_layers=n_layers, n_heads=4, d_mlp=256, d_vocab=tok.vocab_size, n_ctx=128,
                     partial_rotary_factor=0.5, bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id,
                     name="tiny-phi-tl-suite")
     return _randomise(PhiModel(cfg, tokenizer=tok), seed).to(dtype).eval()
