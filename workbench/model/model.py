@@ -129,9 +129,10 @@ class Attention(nn.Module):
         else:  # several new queries after a cache: causal mask offset by the cached length
             mask = torch.ones(p, kp, dtype=torch.bool, device=q.device).tril(diagonal=kp - p)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        # A contiguous copy: the output projection would copy the transposed z anyway, and SDPA
-        # saves its output for backward, so a hook may now edit z in place with gradients on.
-        z = self.hook_z(z.transpose(1, 2).contiguous())              # [batch, pos, head, d_head]
+        out, z = z, z.transpose(1, 2).contiguous()                   # [batch, pos, head, d_head]
+        if self.hook_z.active and z.requires_grad and z.data_ptr() == out.data_ptr():
+            z = z.clone()   # SDPA saves its output for backward: a hook may edit z in place only on a copy
+        z = self.hook_z(z)
         if self.hook_result.active:
             w_o = self.dense.weight.view(self.cfg.d_model, h, dh)    # [d_model, head, d_head]
             result = self.hook_result(torch.einsum("bphd,mhd->bphm", z, w_o))

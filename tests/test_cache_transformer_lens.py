@@ -1,0 +1,61 @@
+"""run_with_cache's cache is a transformer_lens.ActivationCache once TransformerLens is loaded, and only then."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from workbench.hooks import ActivationCache
+from workbench.hooks.cache import TL_ONLY_METHODS
+
+TOKENS = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(3))
+
+
+def test_import_workbench_does_not_import_transformer_lens():
+    code = ("import sys, torch, workbench; from workbench import PhiModel, PhiConfig\n"
+            "m = PhiModel(PhiConfig.from_name('tiny', n_layers=1))\n"
+            "_, c = m.run_with_cache(torch.zeros(1, 3, dtype=torch.long))\n"
+            "print(type(c).__mro__[1].__module__, 'transformer_lens' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["collections.abc", "False", "False"]   # a plain cache; neither package was imported
+
+
+def test_cache_is_transformer_lens_type_once_it_is_loaded(tiny_model):
+    tl = pytest.importorskip("transformer_lens")
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(TOKENS)
+    assert isinstance(cache, tl.ActivationCache) and isinstance(cache, ActivationCache)
+    resid, labels = cache.accumulated_resid(apply_ln=True, return_labels=True)   # TransformerLens's method
+    assert resid.shape == (tiny_model.cfg.n_layers + 1, 2, 7, tiny_model.cfg.d_model) and labels[-1] == "final_post"
+
+
+def test_plain_cache_upgrades_itself_for_transformer_lens_methods(tiny_model):
+    tl = pytest.importorskip("transformer_lens")
+    with torch.no_grad():
+        _, made = tiny_model.run_with_cache(TOKENS)
+    plain = ActivationCache(dict(made.cache_dict), tiny_model)      # the class TL-free code gets
+    assert not isinstance(plain, tl.ActivationCache)
+    stacked = plain.decompose_resid()                               # a TransformerLens-only method
+    assert isinstance(plain, tl.ActivationCache)
+    torch.testing.assert_close(stacked.sum(0), made["blocks.1.hook_resid_post"], atol=1e-5, rtol=0)
+    with pytest.raises(AttributeError, match="no attribute 'run_with_cache'"):
+        plain.run_with_cache                                        # not a TransformerLens cache method either
+
+
+def test_transformer_lens_only_methods_are_listed():
+    tl = pytest.importorskip("transformer_lens")
+    theirs = {n for n in dir(tl.ActivationCache) if not n.startswith("_") and callable(getattr(tl.ActivationCache, n))}
+    ours = {n for n in dir(ActivationCache) if not n.startswith("_")}
+    assert TL_ONLY_METHODS == theirs - ours
+
+
+def test_induction_loss_runs_on_phi():
+    """transformer_lens.evals.induction_loss reads cfg.default_prepend_bos and draws ids up to 20000."""
+    evals = pytest.importorskip("transformer_lens.evals")
+    from workbench import PhiConfig, PhiModel
+    torch.manual_seed(0)
+    model = PhiModel(PhiConfig.from_name("tiny", d_vocab=20_100, n_layers=1)).eval()
+    loss = evals.induction_loss(model, batch_size=2, subseq_len=16, device="cpu")
+    assert loss.ndim == 0 and 9.0 < loss.item() < 11.0        # a random model: about ln(20100) = 9.9 nats
