@@ -132,12 +132,17 @@ class ActivationCache(Mapping):
 
     def nbytes(self) -> int:
         """Bytes of memory the cached tensors keep alive (each underlying storage counted once)."""
-        seen: dict[tuple, int] = {}
-        for v in self.cache_dict.values():
-            storage = v.untyped_storage()
-            ptr = storage.data_ptr()
-            seen[(v.device, ptr) if ptr else ("no data", id(v))] = storage.nbytes()  # meta: no pointer
-        return sum(seen.values())
+        return cache_nbytes(self.cache_dict)
+
+
+def cache_nbytes(cache: dict[str, torch.Tensor]) -> int:
+    """Bytes of memory the tensors keep alive (each underlying storage counted once)."""
+    seen: dict[tuple, int] = {}
+    for v in cache.values():
+        storage = v.untyped_storage()
+        ptr = storage.data_ptr()
+        seen[(v.device, ptr) if ptr else ("no data", id(v))] = storage.nbytes()  # meta: no pointer
+    return sum(seen.values())
 
 
 _TL_CLASS: Optional[type] = None

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .cache import ActivationCache, compact, make_cache
+from .cache import ActivationCache, cache_nbytes, compact, make_cache
 from .caching import as_position_index, save_hook
 from .hook_point import HookFn, HookPoint, LensHandle, _in_scope
+from .memory import keep_freed_memory
 from .names import NamesFilter, match_names
 
 HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
@@ -238,6 +239,7 @@ class HookedRootModule(HookIntrospectionMixin, nn.Module):
                 _backward_scalar(out)
         if reset_hooks_end:
             compact(cache)   # hooks left attached keep writing to this dict: leave it alone
+        keep_freed_memory(cache_nbytes({k: v for k, v in cache.items() if v.device.type == "cpu"}))  # memory.py
         if return_cache_object:
             return out, make_cache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache

@@ -59,3 +59,42 @@ def test_induction_loss_runs_on_phi():
     model = PhiModel(PhiConfig.from_name("tiny", d_vocab=20_100, n_layers=1)).eval()
     loss = evals.induction_loss(model, batch_size=2, subseq_len=16, device="cpu")
     assert loss.ndim == 0 and 9.0 < loss.item() < 11.0        # a random model: about ln(20100) = 9.9 nats
+
+
+_FAULTS = """
+import gc, resource, torch
+from workbench import PhiConfig, PhiModel
+torch.manual_seed(0)
+m = PhiModel(PhiConfig(d_model=256, n_layers=4, n_heads=4, d_mlp=1024, d_vocab=4096, n_ctx=256,
+                       partial_rotary_factor=0.5)).eval()
+tokens = torch.randint(0, 4096, (4, 256))
+faults = []
+with torch.no_grad():
+    for _ in range(4):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        _, cache = m.run_with_cache(tokens)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        size = cache.nbytes()
+        del cache
+        gc.collect()
+print(size, min(faults[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator policy")
+def test_a_cache_reuses_the_memory_of_the_one_before():
+    """Page faults of a repeated run_with_cache: the cached megabytes come back from the heap, not the kernel."""
+    import os
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    runs = {}
+    for keep in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
+                             env={**env, "WORKBENCH_KEEP_FREED_MEMORY": keep}).stdout.split()
+        runs[keep] = (int(out[0]), int(out[1]))
+    size = runs["1"][0]
+    assert size > 64 * 2**20                          # beyond what glibc keeps on its own
+    assert runs["0"][1] * 4096 > size / 4             # default: much of the cache faults in again every run
+    assert runs["1"][1] < runs["0"][1] / 4            # kept: a few pages at most
