@@ -239,7 +239,9 @@ class HookedRootModule(HookIntrospectionMixin, nn.Module):
                 _backward_scalar(out)
         if reset_hooks_end:
             compact(cache)   # hooks left attached keep writing to this dict: leave it alone
-        keep_freed_memory(cache_nbytes({k: v for k, v in cache.items() if v.device.type == "cpu"}))  # memory.py
+        # The next call reuses this call's buffers (memory.py): the cache's and the output's.
+        held = {**cache, "": out} if isinstance(out, torch.Tensor) else cache
+        keep_freed_memory(cache_nbytes({k: v for k, v in held.items() if v.device.type == "cpu"}))
         if return_cache_object:
             return out, make_cache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache
