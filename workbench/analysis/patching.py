@@ -142,7 +142,7 @@ def generic_activation_patch(model, corrupted_tokens: torch.Tensor, clean_cache,
     tokens = corrupted_tokens.to(model.device)
     index_df, cell_shape = _index(model, tokens, activation_name, index_axis_names, index_df)
     evaluate = _evaluator(metrics, reduce != "scalar", tokens.shape[0])
-    rows = torch.as_tensor(index_df.to_numpy(), dtype=torch.long).reshape(len(index_df), -1)
+    rows = torch.tensor(index_df.to_numpy(), dtype=torch.long).reshape(len(index_df), -1)
     dims = _batchable_dims(patch_setter)
     with torch.no_grad():
         if dims is not None and len(dims) == rows.shape[1] - 1:
