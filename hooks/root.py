@@ -87,6 +87,8 @@ class HookedRootModule(HookIntrospectionMixin, nn.Module):
     # -- adding and removing -------------------------------------------------
     def resolve_hooks(self, names_filter: NamesFilter) -> list[str]:
         """Hook names matched by a name, glob, shorthand, list of those, or predicate."""
+        if isinstance(names_filter, str) and names_filter in self.hook_dict:
+            return [names_filter]        # the common case (caching hooks name each point): no scan
         return match_names(names_filter, list(self.hook_dict))
 
     def check_hooks_to_add(self, hook_point: HookPoint, hook_point_name: str, hook: HookFn, dir: str = "fwd",

@@ -1,6 +1,6 @@
 """Parity with TransformerLens 4.x: its TransformerBridge on the same weights, and its patching tools on our model.
 
-TransformerLens costs ~6 s to import and boot, so one bridge serves the whole session.
+Booting a bridge costs seconds (docs/bench-model.md), so one serves the whole session.
 Where the bridge's hooks differ in convention from ours the equivalent quantity is
 compared (documented in docs/model.md): ``hook_attn_scores`` is masked with
 ``finfo.min`` there and ``-inf`` here.

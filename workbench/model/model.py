@@ -52,6 +52,10 @@ class LayerNorm(nn.Module):
         out = self.hook_normalized(x / scale) * self.weight + self.bias
         return out.to(dtype)
 
+    # TransformerLens's names for the affine parameters
+    w = property(lambda self: self.weight, doc="``[d_model]`` (TransformerLens's name for the weight)")
+    b = property(lambda self: self.bias, doc="``[d_model]`` (TransformerLens's name for the bias)")
+
 
 class Attention(nn.Module):
     """Causal self-attention with partial rotary; q, k and v come from one fused projection."""
@@ -386,15 +390,17 @@ class PhiModel(TransformerLensAPI, HookedRootModule):
             return logits, loss
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
 
+    _SWITCHED = {".attn.hook_result": "use_attn_result", ".hook_q_input": "use_split_qkv_input",
+                 ".hook_k_input": "use_split_qkv_input", ".hook_v_input": "use_split_qkv_input",
+                 ".hook_attn_in": "use_attn_in", ".hook_mlp_in": "use_hook_mlp_in"}
+
     def _fires_by_default(self, name: str) -> bool:
         """Hooks behind TransformerLens's switches join an unfiltered ``run_with_cache`` only when on."""
-        c = self.cfg
-        switch = {".attn.hook_result": c.use_attn_result, ".hook_q_input": c.use_split_qkv_input,
-                  ".hook_k_input": c.use_split_qkv_input, ".hook_v_input": c.use_split_qkv_input,
-                  ".hook_attn_in": c.use_attn_in, ".hook_mlp_in": c.use_hook_mlp_in}
-        for suffix, on in switch.items():
+        if not name.endswith(("_input", "hook_result", "_in")):
+            return True
+        for suffix, switch in self._SWITCHED.items():
             if name.endswith(suffix):
-                return on
+                return getattr(self.cfg, switch)
         return True
 
     # -- device bookkeeping for tools that read cfg.device / cfg.dtype ----------

@@ -183,10 +183,13 @@ class TransformerLensAPI:
         """``[d_vocab]``"""
         return self.unembed.b_U
 
-    @property
-    def W_pos(self) -> torch.Tensor:
-        raise AttributeError("W_pos is only defined for models with a learned absolute positional embedding; "
-                             "Phi has rotary positions (positional_embedding_type='rotary')")
+    def __getattr__(self, name: str) -> Any:
+        # Here rather than a W_pos property: torch's Module.__getattr__ would replace the
+        # property's AttributeError (and its message) with a generic one.
+        if name == "W_pos":
+            raise AttributeError("W_pos is only defined for models with a learned absolute positional embedding; "
+                                 "Phi has rotary positions (positional_embedding_type='rotary')")
+        return super().__getattr__(name)
 
     def _stack(self, part: str, attr: str) -> torch.Tensor:
         return torch.stack([getattr(getattr(b, part), attr) for b in self.blocks])

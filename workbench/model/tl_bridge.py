@@ -1,6 +1,6 @@
 """Hand a PhiModel to TransformerLens: a ``TransformerBridge`` over an HF model holding our weights.
 
-TransformerLens is imported here only (about 6 s and 480 MB), never by ``import workbench``.
+TransformerLens is imported here (its cost: docs/bench-model.md), never by ``import workbench``.
 The bridge boots offline from an in-memory ``PhiForCausalLM`` plus a tokenizer
 saved in a local folder; booting rewires the modules of the model it is given,
 so it gets a fresh HF model, never one the caller holds.
