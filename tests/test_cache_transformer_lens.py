@@ -64,37 +64,40 @@ def test_induction_loss_runs_on_phi():
 _FAULTS = """
 import gc, resource, torch
 from workbench import PhiConfig, PhiModel
+from workbench.hooks import memory
 torch.manual_seed(0)
 m = PhiModel(PhiConfig(d_model=256, n_layers=4, n_heads=4, d_mlp=1024, d_vocab=4096, n_ctx=256,
                        partial_rotary_factor=0.5)).eval()
 tokens = torch.randint(0, 4096, (4, 256))
 faults = []
 with torch.no_grad():
-    for _ in range(4):
+    for _ in range(3):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        _, cache = m.run_with_cache(tokens)
+        logits, cache = m.run_with_cache(tokens)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        size = cache.nbytes()
-        del cache
+        size = cache.nbytes() + logits.numel() * 4
+        del cache, logits
         gc.collect()
-print(size, min(faults[1:]))
+print(size, memory._keep, min(faults[1:]))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator policy")
 def test_a_cache_reuses_the_memory_of_the_one_before():
-    """Page faults of a repeated run_with_cache: the cached megabytes come back from the heap, not the kernel."""
+    """After run_with_cache glibc keeps as much freed heap as the cache took, so a repeated cache
+    page-faults (almost) nothing in: the cached megabytes come back from the heap, not the kernel.
+    (With glibc's defaults the same loop takes 15-33 thousand faults here; docs/bench-model.md.)"""
     import os
     import platform
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    runs = {}
-    for keep in ("1", "0"):
-        out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
-                             env={**env, "WORKBENCH_KEEP_FREED_MEMORY": keep}).stdout.split()
-        runs[keep] = (int(out[0]), int(out[1]))
-    size = runs["1"][0]
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
+                         env={**env, "WORKBENCH_KEEP_FREED_MEMORY": "1"}).stdout.split()
+    size, keep, faults = map(int, out)
     assert size > 64 * 2**20                          # beyond what glibc keeps on its own
-    assert runs["0"][1] * 4096 > size / 4             # default: much of the cache faults in again every run
-    assert runs["1"][1] < runs["0"][1] / 4            # kept: a few pages at most
+    assert keep >= 1.25 * size - 4096                 # the policy follows the largest cache and its output
+    assert faults * 4096 < size / 10                  # the memory came back from the heap
+    off = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
+                         env={**env, "WORKBENCH_KEEP_FREED_MEMORY": "0"}).stdout.split()
+    assert int(off[1]) == -1                          # opted out: mallopt never called
