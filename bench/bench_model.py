@@ -238,8 +238,10 @@ def sweep_point(name: str, repeats: int) -> dict:
                 wall[n].append(time.perf_counter() - t0)
                 cpu[n].append(_cpu_seconds() - c0)
                 del out
+    from workbench.hooks import memory
     return {"wall": {n: statistics.median(v) for n, v in wall.items()},
-            "cpu": {n: statistics.median(v) for n, v in cpu.items()}, "rounds": repeats}
+            "cpu": {n: statistics.median(v) for n, v in cpu.items()}, "rounds": repeats,
+            "keep_freed": memory._mallopt is not None}
 
 
 def sweep(names: list[str], threads: list[int], repeats: int) -> list[dict]:
@@ -263,6 +265,8 @@ def sweep(names: list[str], threads: list[int], repeats: int) -> list[dict]:
 def sweep_report(points: list[dict]) -> str:
     """The sweep as a markdown table: wall medians (primary) and ratios, with CPU-time ratios beside them."""
     malloc = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "glibc defaults"
+    if points and all(p.get("keep_freed") for p in points):
+        malloc += " + the workbench's keep-freed-memory policy (hooks/memory.py)"
     lines = [f"Command: `python bench/bench_model.py {' '.join(sys.argv[1:])}`",
              f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, "
              f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}; malloc: {malloc}; fp32, "

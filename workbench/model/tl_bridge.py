@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 
 def to_hf_model(model):
     """A ``transformers.PhiForCausalLM`` with the same weights (copied), in eval mode."""
