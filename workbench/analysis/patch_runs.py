@@ -189,8 +189,9 @@ def run_chunk(model, corr: dict, layer: int, start: int, c: int, hooks: list, ev
 
 def batched_sweep(model, tokens: torch.Tensor, clean: dict[int, torch.Tensor], activation_name: str,
                   rows: torch.Tensor, patched_dims: Sequence[int], evaluate: Evaluate,
-                  max_batch_tokens: Optional[int]) -> torch.Tensor:
-    """Evaluate every patch of ``rows`` ``[n_rows, 1 + k]`` (layer first): ``[n_rows, n_metrics, batch?]``."""
+                  max_batch_tokens: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluate every patch of ``rows`` ``[n_rows, 1 + k]`` (layer first): ``[n_rows, n_metrics, batch?]``,
+    and the unpatched corrupted run's logits ``[batch, pos, d_vocab]``."""
     dims = ACT_DIMS[activation_name]
     query_dim = dims.index("pos" if "pos" in dims else "dest_pos")
     b, p = tokens.shape
@@ -208,4 +209,4 @@ def batched_sweep(model, tokens: torch.Tensor, clean: dict[int, torch.Tensor], a
             values = run_chunk(model, corr, layer, start, len(chunk), [(name, hook)], evaluate)
             for i, v in zip(members.tolist(), values):
                 results[i] = v
-    return torch.stack(results)  # type: ignore[arg-type]
+    return torch.stack(results), corr["logits"]  # type: ignore[arg-type]

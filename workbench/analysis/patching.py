@@ -146,10 +146,12 @@ def generic_activation_patch(model, corrupted_tokens: torch.Tensor, clean_cache,
     dims = _batchable_dims(patch_setter)
     with torch.no_grad():
         if dims is not None and len(dims) == rows.shape[1] - 1:
-            values = batched_sweep(model, tokens, clean, activation_name, rows, dims, evaluate, max_batch_tokens)
+            values, corrupted_logits = batched_sweep(model, tokens, clean, activation_name, rows, dims, evaluate,
+                                                     max_batch_tokens)
         else:
             values = _loop_sweep(model, tokens, clean_cache, activation_name, rows, patch_setter, evaluate)
-        base = evaluate(model(tokens)) if baseline else None
+            corrupted_logits = model(tokens) if baseline else None
+        base = evaluate(corrupted_logits) if baseline else None   # the unpatched corrupted run
     store = values.movedim(0, 1).reshape(len(metrics), *cell_shape, *values.shape[2:]).to(model.device)
     base = None if base is None else base.to(model.device)          # [metric, *cells, batch?], [metric, batch?]
     if reduce == "mean":
