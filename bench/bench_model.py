@@ -4,6 +4,8 @@ Run by hand (not a test):
 
     python bench/bench_model.py                 # timings, peak memory, start-up; prints a markdown report
     python bench/bench_model.py --repeats 9 --json out.json
+    python bench/bench_model.py --sweep         # caching every hook vs HF's forward across sizes, 1 and 2 threads
+    python bench/bench_model.py --sweep --quick # three sizes, one thread count, 3 rounds: a few minutes
 
 Timings: every variant runs once per round, rounds are repeated, and the median
 of each is reported with its ratio to HF's forward (interleaving keeps the
@@ -37,7 +39,6 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 FWD = ["ours_fwd", "hf_fwd", "tl_fwd", "ours_cache_all", "tl_cache_all"]
 FWD_BWD = ["ours_fwd_bwd", "hf_fwd_bwd", "tl_fwd_bwd"]
@@ -193,6 +194,96 @@ def startup(repeats: int) -> dict:
             for k, v in res.items()}
 
 
+# -- size sweep: caching every hook vs HF's forward (issue 11) ---------------------
+# name -> (d_model, n_layers, n_heads, d_vocab, batch, seq); d_head 64 (rotary 0.5) or 80 (rotary 0.4)
+SWEEP = {
+    "d256-v8k": (256, 4, 4, 8192, 4, 256), "d320-v8k": (320, 4, 4, 8192, 4, 256),
+    "d256-v51k": (256, 4, 4, 51200, 4, 256), "d640-v51k": (640, 8, 8, 51200, 4, 256),
+    "d1280-v8k": (1280, 4, 16, 8192, 2, 256), "d2560-v8k": (2560, 2, 32, 8192, 1, 256),
+    "d2560-v51k": (2560, 2, 32, 51200, 1, 256),
+}
+QUICK = ["d256-v8k", "d640-v51k", "d2560-v51k"]
+SWEEP_VARIANTS = ["hf_fwd", "ours_fwd", "ours_cache_all", "tl_cache_all"]
+
+
+def sweep_point(name: str, repeats: int) -> dict:
+    """Wall and CPU medians of the sweep variants at one size (in this process, interleaved)."""
+    import torch
+    import transformers
+
+    from workbench.model import PhiConfig, PhiModel
+    from workbench.model.tl_bridge import to_hf_model
+    transformers.logging.set_verbosity_error()
+    d, n_layers, n_heads, vocab, batch, seq = SWEEP[name]
+    cfg = PhiConfig(d_model=d, n_layers=n_layers, n_heads=n_heads, d_mlp=4 * d, d_vocab=vocab, n_ctx=max(seq, 512),
+                    partial_rotary_factor=0.4 if d // n_heads == 80 else 0.5, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    ours = PhiModel(cfg).eval()
+    hf = to_hf_model(ours)
+    hf.config._attn_implementation = "sdpa"
+    tl = ours.to_transformer_lens()
+    tokens = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(1))
+    runs = {"hf_fwd": lambda: hf(tokens, use_cache=False).logits, "ours_fwd": lambda: ours(tokens),
+            "ours_cache_all": lambda: ours.run_with_cache(tokens), "tl_cache_all": lambda: tl.run_with_cache(tokens)}
+    wall: dict[str, list[float]] = {n: [] for n in runs}
+    cpu: dict[str, list[float]] = {n: [] for n in runs}
+    with torch.no_grad():
+        for f in runs.values():     # warm-up
+            f()
+        for r in range(repeats):
+            for n in (SWEEP_VARIANTS if r % 2 == 0 else SWEEP_VARIANTS[::-1]):
+                gc.collect()
+                c0, t0 = _cpu_seconds(), time.perf_counter()
+                out = runs[n]()
+                wall[n].append(time.perf_counter() - t0)
+                cpu[n].append(_cpu_seconds() - c0)
+                del out
+    from workbench.hooks import memory
+    return {"wall": {n: statistics.median(v) for n, v in wall.items()},
+            "cpu": {n: statistics.median(v) for n, v in cpu.items()}, "rounds": repeats,
+            "keep_freed": memory._mallopt is not None}
+
+
+def sweep(names: list[str], threads: list[int], repeats: int) -> list[dict]:
+    """Each (size, threads) point in a fresh interpreter, so no point inherits another's allocator state."""
+    out = []
+    for name in names:
+        for t in threads:
+            proc = subprocess.run([sys.executable, __file__, "--sweep-point", name, "--threads", str(t),
+                                   "--repeats", str(repeats)], capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode:
+                raise RuntimeError(f"sweep point {name} ({t} threads) failed:\n{proc.stderr[-2000:]}")
+            point = {"size": name, "threads": t, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            out.append(point)
+            w = point["wall"]
+            print(f"  {name} {t} thread(s): cache/HF {w['ours_cache_all'] / w['hf_fwd']:.2f}  "
+                  f"ours/HF {w['ours_fwd'] / w['hf_fwd']:.2f}  cache/TL cache {w['ours_cache_all'] / w['tl_cache_all']:.2f}",
+                  file=sys.stderr, flush=True)
+    return out
+
+
+def sweep_report(points: list[dict]) -> str:
+    """The sweep as a markdown table: wall medians (primary) and ratios, with CPU-time ratios beside them."""
+    malloc = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "glibc defaults"
+    if points and all(p.get("keep_freed") for p in points):
+        malloc += " + the workbench's keep-freed-memory policy (hooks/memory.py)"
+    lines = [f"Command: `python bench/bench_model.py {' '.join(sys.argv[1:])}`",
+             f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, "
+             f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}; malloc: {malloc}; fp32, "
+             f"{points[0]['rounds'] if points else 0} interleaved rounds, medians.", "",
+             "| size (d_model, layers, heads, vocab, batch x seq) | threads | HF fwd s | ours fwd / HF | "
+             "ours cache-all / HF | TL bridge cache-all / HF | ours cache-all / TL cache-all | cache-all / HF (CPU s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        w, c = p["wall"], p["cpu"]
+        d, layers, heads, vocab, batch, seq = SWEEP[p["size"]]
+        lines.append(f"| {p['size']} ({d}, {layers}, {heads}, {vocab}, {batch}x{seq}) | {p['threads']} | "
+                     f"{w['hf_fwd']:.3f} | {w['ours_fwd'] / w['hf_fwd']:.2f}x | {w['ours_cache_all'] / w['hf_fwd']:.2f}x | "
+                     f"{w['tl_cache_all'] / w['hf_fwd']:.2f}x | {w['ours_cache_all'] / w['tl_cache_all']:.2f}x | "
+                     f"{c['ours_cache_all'] / c['hf_fwd']:.2f}x |")
+    return "\n".join(lines)
+
+
 # -- report ----------------------------------------------------------------------
 def report(args, wall, cpu, memory, start) -> str:
     import torch
@@ -247,9 +338,23 @@ def main() -> None:
     p.add_argument("--startup-repeats", type=int, default=9)
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write raw numbers here")
+    p.add_argument("--sweep", action="store_true", help="caching every hook vs HF's forward across sizes and threads")
+    p.add_argument("--quick", action="store_true", help="with --sweep: sizes " + ", ".join(QUICK) + ", one thread, 3 rounds")
+    p.add_argument("--sizes", nargs="*", choices=list(SWEEP), help="with --sweep: these sizes only")
+    p.add_argument("--sweep-point", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.sweep:
+        names = args.sizes or (QUICK if args.quick else list(SWEEP))
+        points = sweep(names, [1] if args.quick else [1, 2], 3 if args.quick else args.repeats)
+        print(sweep_report(points))
+        if args.json:
+            args.json.write_text(json.dumps(points, indent=2))
+        return
     import torch
     torch.set_num_threads(args.threads)
+    if args.sweep_point:
+        print(json.dumps(sweep_point(args.sweep_point, args.repeats)))
+        return
     if args.memory_of:
         print(json.dumps(measure_memory(args.memory_of, args.batch, args.seq)))
         return

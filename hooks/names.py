@@ -16,14 +16,17 @@ NamesFilter = Optional[Union[str, Sequence[str], Callable[[str], bool]]]
 class UnknownHookError(KeyError):
     """A hook name or pattern that matches no hook point of the model."""
 
-    def __init__(self, name: str, valid: Iterable[str]) -> None:
+    def __init__(self, name: str, valid: Iterable[str], in_cache: bool = False) -> None:
         self.name = name
         self.suggestions = closest_names(name, valid)
         hint = ", ".join(self.suggestions) if self.suggestions else "(none close)"
-        super().__init__(
-            f"no hook point named {name!r}; closest valid names: {hint}. "
-            "List them all with model.hook_dict.keys()."
-        )
+        if in_cache:
+            msg = (f"the cache has no {name!r}; closest cached names: {hint}. Cache it by running "
+                   "run_with_cache with no names_filter or with a filter that matches it.")
+        else:
+            msg = (f"no hook point named {name!r}; closest valid names: {hint}. "
+                   "List them all with model.hook_dict.keys().")
+        super().__init__(msg)
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return self.args[0]

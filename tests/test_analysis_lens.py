@@ -31,7 +31,7 @@ def test_matches_transformer_lens(run):
         theirs, tl_labels = tl.accumulated_resid(return_labels=True, **kw)
         close(ours, theirs)
         assert labels == tl_labels
-    for kw in [dict(), dict(apply_ln=True), dict(mode="attn", layer=1), dict(pos_slice=slice(2, 5))]:
+    for kw in [dict(), dict(apply_ln=True), dict(mode="attn", layer=1), dict(pos_slice=(2, 5))]:
         ours, labels = lens.decompose_resid(cache, return_labels=True, **kw)
         theirs, tl_labels = tl.decompose_resid(return_labels=True, **kw)
         close(ours, theirs)

@@ -1,4 +1,6 @@
 """Batched activation patching equals transformer_lens.patching run on our model, and rejects bad input."""
+import itertools
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ NAMES = ["get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp
 
 @pytest.fixture()
 def setup(tiny_model):
+    pytest.importorskip("transformer_lens")   # imported first, so the caches below are TransformerLens's type too
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(1, 512, (2, 6), generator=g)
     corrupted = clean.clone()
@@ -68,14 +71,18 @@ def test_logit_diff_metric():
 
 
 def test_chunk_plan_skips_unchanged_positions():
-    masks = P.variant_masks((6, 2, 4), ACT := P.ACT_DIMS["z"], ("pos", "head"))     # [12 variants, 6, 2, 1]
-    starts = P.first_position(masks, ACT)
+    from workbench.analysis import patch_runs as R
+    rows = torch.tensor(list(itertools.product(range(6), range(2))))          # (pos, head) of z, by position
+    masks = R.row_masks(rows, (0, 1), (6, 2, 4))                               # [12 variants, 6, 2, 1]
+    assert masks.shape == (12, 6, 2, 1) and masks.sum().item() == 12
+    assert masks[7, 3, 1, 0] and not masks[7, 3, 0, 0]                         # row 7 = (pos 3, head 1)
+    starts = R.first_positions(rows, (0, 1), query_dim=0)
     assert starts.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    chunks = P.plan_chunks(starts, batch=2, pos=6, max_tokens=24, min_tokens=0)
+    chunks = R.plan_chunks(starts, batch=2, pos=6, max_tokens=24, min_tokens=0)
     assert [s for s, _ in chunks] == [0, 1, 2, 3, 4, 5]                  # one chunk per first position
     assert sorted(v for _, ids in chunks for v in ids) == list(range(12))
     for s, ids in chunks:
         assert all(int(starts[v]) >= s for v in ids)                     # never starts after a variant's patch
         assert len(ids) * 2 * (6 - s) <= 24
-    all_pos = P.variant_masks((6, 2, 4), ACT, ("head",))
-    assert P.first_position(all_pos, ACT).tolist() == [0, 0]
+    heads_only = torch.tensor([[0], [1]])                                # all positions of head h
+    assert R.first_positions(heads_only, (1,), query_dim=0).tolist() == [0, 0]

@@ -100,3 +100,26 @@ def test_stop_at_eos_pads_finished_rows(tiny_model):
 def test_prompt_longer_than_context_is_refused(tiny_model):
     with pytest.raises(ValueError, match="exceeds the context length n_ctx=256"):
         tiny_model.generate(torch.zeros(1, 250, dtype=torch.long), max_new_tokens=10)
+
+
+@torch.no_grad()
+def test_kv_cache_from_a_prefix_of_the_layers_that_run(tiny_model):
+    """A run that starts at a later layer needs a cache for that layer and above only, with an explicit length."""
+    tokens = torch.randint(0, 512, (2, 9))
+    full = tiny_model(tokens)
+    _, cache = tiny_model.run_with_cache(tokens[:, :5], names_filter=lambda n: n.endswith(("hook_rot_k", "hook_v",
+                                                                                           "hook_resid_pre")))
+    _, later = tiny_model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_pre")
+    kv = KVCache.from_prefix(tiny_model.cfg.n_layers, {1: cache["rot_k", 1].transpose(1, 2)},
+                             {1: cache["v", 1].transpose(1, 2)})
+    assert len(kv) == 5
+    resumed = tiny_model(later["resid_pre", 1][:, 5:], start_at_layer=1, kv_cache=kv)
+    torch.testing.assert_close(resumed, full[:, 5:], atol=1e-5, rtol=0)
+    assert len(kv) == 9
+    with pytest.raises(RuntimeError, match="holds 0 positions but the cache has 9"):
+        tiny_model(tokens[:, :1], kv_cache=kv)          # layer 0 was never cached
+    with pytest.raises(ValueError, match="same length"):
+        KVCache.from_prefix(2, {0: torch.zeros(1, 2, 3, 80), 1: torch.zeros(1, 2, 4, 80)},
+                            {0: torch.zeros(1, 2, 3, 80), 1: torch.zeros(1, 2, 4, 80)})
+    with pytest.raises(ValueError, match="stop_at_layer"):
+        tiny_model(tokens[:, :1], kv_cache=KVCache(2), stop_at_layer=1)

@@ -31,6 +31,10 @@ def test_hook_dict_has_every_design_name_and_no_resid_mid(tiny_model):
 @torch.no_grad()
 def test_cached_shapes_follow_transformer_lens(tiny_model):
     _, cache = tiny_model.run_with_cache(TOKENS)
+    # As in TransformerLens, the per-head hook_result joins an unfiltered cache only when switched on.
+    assert "blocks.0.attn.hook_result" not in cache
+    tiny_model.set_use_attn_result(True)
+    _, cache = tiny_model.run_with_cache(TOKENS)
     b, p, h, dh, d, m = 2, 10, 2, 80, 160, 640
     shapes = {"hook_embed": (b, p, d), "blocks.0.ln1.hook_scale": (b, p, 1), "blocks.0.attn.hook_q": (b, p, h, dh),
               "blocks.0.attn.hook_rot_k": (b, p, h, dh), "blocks.0.attn.hook_attn_scores": (b, h, p, p),
@@ -211,7 +215,8 @@ def test_run_with_cache_device_batch_and_pos_options(tiny_model):
     _, last = tiny_model.run_with_cache(TOKENS, names_filter="resid_post0", pos_slice=slice(-1, None))
     torch.testing.assert_close(last["resid_post", 0], full["resid_post", 0][:, -1:])
     assert last.nbytes() == 2 * 1 * 160 * 4          # the slice was copied out of the full tensor
-    with pytest.raises(UnknownHookError, match="'resid_post1'; closest valid names: blocks.0.hook_resid_post"):
+    with pytest.raises(UnknownHookError, match="cache has no 'blocks.1.hook_resid_post'; closest cached names: "
+                                             "blocks.0.hook_resid_post"):
         full["resid_post1"]
 
 
@@ -304,3 +309,120 @@ def test_cache_memory_is_exactly_the_requested_tensors(tiny_model):
     shared = sum(everything[f"blocks.{i}.hook_resid_pre"].numel() * 4 for i in range(tiny_model.cfg.n_layers))
     assert everything["hook_embed"].data_ptr() == everything["resid_pre0"].data_ptr()
     assert everything.nbytes() == total - shared
+
+
+def test_readme_hook_example_runs_with_backward():
+    """The README's in-place ablation (z[:, :, 7] = 0.0) with gradients on, then .backward()."""
+    from workbench import PhiConfig, PhiModel
+    torch.manual_seed(0)
+    model = PhiModel(PhiConfig.from_name("tiny", n_heads=8, d_model=128, n_layers=4))
+
+    def ablate_head(z, hook):
+        z[:, :, 7] = 0.0
+        return z
+
+    tokens = torch.randint(0, 512, (2, 6))
+    loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[("blocks.3.attn.hook_z", ablate_head)])
+    loss.backward()
+    # Head 7's output weights get no gradient through the ablated z; the other heads' do.
+    w_o = model.blocks[3].attn.dense.weight.grad.view(128, 8, 16)     # [d_model, head, d_head]
+    assert w_o[:, 7].abs().max() == 0 and w_o[:, 6].abs().max() > 0
+
+
+@pytest.mark.parametrize("name", ["attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_pattern",
+                                  "attn.hook_attn_scores", "attn.hook_result", "ln1.hook_scale", "ln1.hook_normalized",
+                                  "hook_resid_pre", "mlp.hook_post"])
+def test_in_place_edits_in_hooks_work_with_gradients(tiny_model, name):
+    """Editing the activation in place inside a hook gives the gradients of editing a copy."""
+    full = f"blocks.1.{name}"
+
+    def in_place(x, hook):
+        x[:, 1] *= 0.5
+        return x
+
+    def on_copy(x, hook):
+        x = x.clone()
+        x[:, 1] *= 0.5
+        return x
+
+    grads = []
+    for edit in (in_place, on_copy):
+        tiny_model.zero_grad()
+        loss = tiny_model.run_with_hooks(TOKENS, return_type="loss", fwd_hooks=[(full, edit)])
+        loss.backward()
+        grads.append((loss.detach(), tiny_model.blocks[0].attn.qkv.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=0, rtol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-7, rtol=1e-5)
+    tiny_model.zero_grad()
+
+
+def test_backward_hook_may_return_transformer_lens_tuple(tiny_model):
+    tiny_model.zero_grad()
+    with tiny_model.hooks(bwd_hooks=[("blocks.*.hook_resid_pre", lambda g, hook: (g * 0,))]):
+        tiny_model(TOKENS, return_type="loss").backward()
+    assert tiny_model.embed.weight.grad.abs().max() == 0
+    tiny_model.zero_grad()
+
+
+def test_permanence_belongs_to_each_handle_not_to_the_function(tiny_model):
+    calls = []
+
+    def fn(x, hook):
+        calls.append(hook.name)
+    hp = tiny_model.hook_dict["hook_embed"]
+    perma = hp.add_hook(fn, is_permanent=True)
+    temp = hp.add_hook(fn)
+    assert perma.is_permanent and not temp.is_permanent and perma.user_hook is temp.user_hook is fn
+    hp.remove_hooks("fwd")                                  # drops the temporary copy only
+    assert hp.fwd_hooks == [perma] and hp.has_hooks(including_permanent=True)
+    assert not hp.has_hooks(including_permanent=False)
+    with torch.no_grad():
+        tiny_model(TOKENS)
+    assert calls == ["hook_embed"]
+    tiny_model.reset_hooks(including_permanent=True)
+    assert _no_hooks_left(tiny_model)
+
+
+@torch.no_grad()
+def test_pos_slice_follows_transformer_lens(tiny_model):
+    names = ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "blocks.1.hook_resid_post"]
+    _, full = tiny_model.run_with_cache(TOKENS, names_filter=names)
+    for pos_slice, idx in [(3, [3]), (-1, [9]), ((1, 4), [1, 2, 3]), ([0, 2, 5], [0, 2, 5]), (slice(2, 4), [2, 3])]:
+        _, part = tiny_model.run_with_cache(TOKENS, names_filter=names, pos_slice=pos_slice)
+        for n in names:
+            dim = 2 if n.endswith("hook_pattern") else 1         # patterns: the query axis
+            torch.testing.assert_close(part[n], full[n].index_select(dim, torch.tensor(idx)))
+
+
+def test_run_with_cache_refuses_what_transformer_lens_refuses(tiny_model):
+    with pytest.raises(AssertionError, match="batch size 2"):
+        tiny_model.run_with_cache(TOKENS, remove_batch_dim=True)
+    with torch.no_grad(), pytest.raises(ValueError, match="gradient tracking is off"):
+        tiny_model.run_with_cache(TOKENS, return_type="loss", incl_bwd=True)
+    assert _no_hooks_left(tiny_model)
+
+
+@torch.no_grad()
+def test_switched_hooks_join_an_unfiltered_cache_only_when_on(tiny_model):
+    _, cache = tiny_model.run_with_cache(TOKENS)
+    assert not any(n.endswith(("hook_result", "_input", "hook_attn_in", "hook_mlp_in")) for n in cache)
+    tiny_model.set_use_attn_result(True)
+    tiny_model.set_use_hook_mlp_in(True)
+    _, cache = tiny_model.run_with_cache(TOKENS)
+    assert {"blocks.1.attn.hook_result", "blocks.1.hook_mlp_in"} <= set(cache)
+    _, named = tiny_model.run_with_cache(TOKENS, names_filter="blocks.1.attn.hook_result")
+    tiny_model.set_use_attn_result(False)
+    _, asked = tiny_model.run_with_cache(TOKENS, names_filter="blocks.1.attn.hook_result")   # asked by name: built
+    torch.testing.assert_close(asked["result", 1], named["result", 1])
+
+
+def test_layernorm_hooks_are_fp32_under_bf16_weights(tiny_checkpoint):
+    from workbench import PhiModel
+    model = PhiModel.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(TOKENS, names_filter=lambda n: "ln" in n)
+        fused = model(TOKENS)
+    assert cache["blocks.0.ln1.hook_scale"].dtype == torch.float32
+    assert cache["ln_final.hook_normalized"].dtype == torch.float32
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits, fused, atol=0.05, rtol=0)    # the explicit path is the fused one's numbers

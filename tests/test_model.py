@@ -125,3 +125,22 @@ def test_weight_views_reproduce_hooked_activations(tiny_model):
     final = cache["ln_final.hook_normalized"] * tiny_model.ln_final.weight + tiny_model.ln_final.bias
     torch.testing.assert_close(final @ tiny_model.W_U + tiny_model.b_U, logits, atol=1e-5, rtol=0)
     assert tiny_model.W_Q.shape == (2, 2, 160, 80) and tiny_model.W_O.shape == (2, 2, 80, 160)
+
+
+def test_transformer_lens_weight_views(tiny_model):
+    """TransformerLens's names and layouts, as views of the fused parameters."""
+    m, c = tiny_model, tiny_model.cfg
+    assert m.W_E is m.embed.W_E and torch.equal(m.W_U, m.unembed.W_U) and m.b_U is m.unembed.b_U
+    assert m.W_in.shape == (c.n_layers, c.d_model, c.d_mlp) and m.W_out.shape == (c.n_layers, c.d_mlp, c.d_model)
+    assert m.b_in.shape == (c.n_layers, c.d_mlp) and m.b_out.shape == (c.n_layers, c.d_model)
+    assert m.b_Q.shape == (c.n_layers, c.n_heads, c.d_head) and m.b_O.shape == (c.n_layers, c.d_model)
+    assert m.blocks[0].ln1.w is m.blocks[0].ln1.weight and m.ln_final.b is m.ln_final.bias
+    x = torch.randn(3, c.d_model)
+    torch.testing.assert_close(x @ m.W_in[1] + m.b_in[1], m.blocks[1].mlp.fc1(x))
+    params = m.tl_parameters()
+    assert params["blocks.1.attn.W_V"].shape == (c.n_heads, c.d_model, c.d_head) and "blocks.1.ln2.w" not in params
+    with pytest.raises(AttributeError, match="rotary"):
+        m.W_pos
+    assert m.all_head_labels[:3] == ["L0H0", "L0H1", "L1H0"]
+    assert torch.equal(m.accumulated_bias(1), m.blocks[0].attn.b_O + m.blocks[0].mlp.b_out)
+    assert torch.equal(m.accumulated_bias(1, mlp_input=True), m.accumulated_bias(1))   # parallel block

@@ -76,3 +76,34 @@ def test_model_truncates_to_context_and_needs_a_tokenizer(tiny_model):
     bare = PhiModel(PhiConfig.from_name("tiny"))
     with pytest.raises(ValueError, match="no tokenizer"):
         bare.to_tokens("hello")
+
+
+def test_transformer_lens_token_conventions(tiny_model):
+    ids = tiny_model.to_tokens("def add(a, b):")
+    assert tiny_model.to_str_tokens(ids[:, :1]) == tiny_model.to_str_tokens(ids[0, :1])   # [1, 1]: a flat list
+    assert len(tiny_model.to_str_tokens(ids[:, :1])) == 1
+    assert tiny_model.to_string(ids[0, 0]) == tiny_model.to_str_tokens(ids[0, :1])[0]    # a 0-d tensor
+    tok = tiny_model.tokenizer
+    assert tok.encode("def", add_special_tokens=False) == tok.encode("def", add_special_tokens=True)
+    single = tiny_model.to_str_tokens(ids[0, :1])[0]
+    assert tiny_model.to_single_token(single) == ids[0, 0].item()
+    assert tiny_model.to_single_str_token(ids[0, 0].item()) == single
+    with pytest.raises(AssertionError, match="not a single token"):
+        tiny_model.to_single_token("def add(a, b):")
+    assert tiny_model.get_token_position(ids[0, 2].item(), ids) == 2
+    left = tiny_model.to_tokens(["def", "def add(a, b):"], padding_side="left")
+    assert left[0, -1] == ids[0, 0] and left[0, 0] == tok.pad_token_id
+
+
+def test_hugging_face_twin_once_transformer_lens_is_loaded(tiny_model):
+    """TransformerLens's utilities type-check for a Hugging Face tokenizer: model.tokenizer becomes one."""
+    pytest.importorskip("transformer_lens")
+    from transformers import PreTrainedTokenizerBase
+
+    from workbench.model.tokenizer import TokenizerMethods
+    tok = tiny_model.tokenizer
+    assert isinstance(tok, PreTrainedTokenizerBase) and isinstance(tok, TokenizerMethods)
+    text = "class Point:\n    def __init__(self, x):"
+    assert tok(text)["input_ids"] == tok.encode(text) == tok.tok.encode(text).ids     # no special tokens added
+    assert torch.equal(tok.to_tokens(text), tiny_model.to_tokens(text))
+    assert tok.decode(tok.encode(text)) == text and tok.bos_token_id == tok.pad_token_id == 0

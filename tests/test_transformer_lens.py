@@ -1,6 +1,6 @@
 """Parity with TransformerLens 4.x: its TransformerBridge on the same weights, and its patching tools on our model.
 
-TransformerLens costs ~6 s to import and boot, so one bridge serves the whole session.
+Booting a bridge costs seconds (docs/bench-model.md), so one serves the whole session.
 Where the bridge's hooks differ in convention from ours the equivalent quantity is
 compared (documented in docs/model.md): ``hook_attn_scores`` is masked with
 ``finfo.min`` there and ``-inf`` here.
@@ -54,7 +54,9 @@ def test_every_shared_hook_equals_transformer_lens(ours, bridge):
     names = shared_names(ours, bridge)
     # Every hook we have exists in TransformerLens under the same name.
     assert names == list(ours.hook_dict)
+    ours.set_use_attn_result(True)   # hook_result joins an unfiltered cache only when switched on, in both tools
     _, mine = ours.run_with_cache(TOKENS)
+    ours.set_use_attn_result(False)
     # The split input hooks fire only when switched on (tests/test_split_inputs.py), in both tools.
     switched = ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in")
     assert set(names) - set(mine) == {n for n in names if n.endswith(switched)}

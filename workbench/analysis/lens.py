@@ -30,11 +30,20 @@ def _model(cache, model=None):
 
 
 def _pos(t: torch.Tensor, pos_slice, dim: int = -2) -> torch.Tensor:
-    """Index the position dim: None keeps all, an int selects one (dropping the dim, as TL), a slice or list."""
+    """Index the position dim as TransformerLens's ``Slice`` does: None keeps all, an int selects
+    one (dropping the dim), a tuple ``(start, stop[, step])`` or a ``slice`` is a range, a list or
+    tensor picks positions."""
     if pos_slice is None:
         return t
+    if hasattr(pos_slice, "apply") and hasattr(pos_slice, "mode"):   # a TransformerLens Slice
+        return pos_slice.apply(t, dim=dim)
     idx: list = [slice(None)] * t.ndim
-    idx[dim] = torch.as_tensor(pos_slice) if isinstance(pos_slice, (list, tuple)) else pos_slice
+    if isinstance(pos_slice, tuple):
+        idx[dim] = slice(*pos_slice)
+    elif isinstance(pos_slice, list):
+        idx[dim] = torch.as_tensor(pos_slice)
+    else:
+        idx[dim] = pos_slice
     return t[tuple(idx)]
 
 

@@ -1,294 +1,315 @@
-"""Activation patching sweeps with TransformerLens's names, signatures and output shapes, batched.
+"""Activation patching with TransformerLens 4.3's functions, signatures, options and results, batched.
 
 ``get_act_patch_X(model, corrupted_tokens, clean_cache, patching_metric)`` runs the
-corrupted input once per patch, with one activation (a layer, position, head ...)
-replaced by its value from the clean run, and returns ``patching_metric`` of each
-patched run in TL's layout (e.g. ``[n_layers, pos, n_heads]``).
+corrupted input with one activation (a layer, position, head ...) replaced by its value
+from the clean run, for every such slice, and returns ``patching_metric`` of each patched
+run in TransformerLens's layout (e.g. ``[n_layers, pos, n_heads]``). As in TransformerLens:
 
-Where the speed comes from (docs/analysis.md): a patch at layer ``L`` leaves layers
-below ``L`` as in the corrupted run, so the corrupted run is made once, its
-``resid_pre`` kept, and every patched run starts at layer ``L``
-(``model(resid, start_at_layer=L)``). Patched variants are stacked along the batch
-dimension, ``[variant * batch, ...]``, and one hook replaces a different slice in
-each variant via a boolean mask, so a sweep is a few large forwards rather than
-hundreds of small ones.
+- ``generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metric,
+  patch_setter, activation_name, index_axis_names=None, index_df=None,
+  return_index_df=False, *, reduce="scalar", baseline=False)``;
+- ``reduce="mean"`` averages a ``[batch]`` metric, ``reduce="none"`` keeps it, a mapping
+  of metrics evaluates them all on each patched run, ``baseline=True`` adds the unpatched
+  corrupted run: those return TransformerLens's ``PatchingResult`` (mean, standard error,
+  bootstrap intervals, permutation p-values), imported from TransformerLens on that path;
+- the patch setters, ``make_df_from_ranges`` and the ``*_every`` helpers.
+
+The difference is speed (patch_runs.py): with one of the patch setters below (or
+TransformerLens's own), variants are batched and restart from the corrupted run at the
+patched layer and position. A setter of your own runs one forward per patch, exactly as
+TransformerLens does. ``max_batch_tokens=`` (keyword) bounds the tokens in one forward.
+Phi has no ``resid_mid`` (parallel block), so there is no ``get_act_patch_resid_mid``.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Optional, Sequence
+import functools
+import importlib
+import itertools
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import pandas as pd
 import torch
 
 from workbench.hooks import get_act_name
 
-from .metrics import Metric, metric_value
+from .patch_runs import ACT_DIMS, _AXIS, auto_chunk, batched_sweep, check_inputs  # noqa: F401 (re-exported)
 
-# The non-batch dims of each patchable activation, in hook order.
-ACT_DIMS: dict[str, tuple[str, ...]] = {
-    "resid_pre": ("pos", "d_model"), "resid_post": ("pos", "d_model"),
-    "attn_out": ("pos", "d_model"), "mlp_out": ("pos", "d_model"),
-    "q": ("pos", "head", "d_head"), "k": ("pos", "head", "d_head"), "v": ("pos", "head", "d_head"),
-    "z": ("pos", "head", "d_head"), "result": ("pos", "head", "d_model"),
-    "pattern": ("head", "dest_pos", "src_pos"), "attn_scores": ("head", "dest_pos", "src_pos"),
-}
-# TL's axis names -> our dim names
-_AXIS = {"pos": "pos", "head": "head", "head_index": "head", "dest_pos": "dest_pos", "src_pos": "src_pos"}
+Metric = Callable[[torch.Tensor], torch.Tensor]
+REDUCE_MODES = ("scalar", "mean", "none")
 
 
-def check_inputs(model, corrupted_tokens: torch.Tensor, clean_cache, activation_name: str,
-                 layers: Optional[Sequence[int]] = None) -> dict[int, torch.Tensor]:
-    """Validate a patching call; returns ``{layer: clean activation}`` on the model's device.
+def __getattr__(name: str) -> Any:
+    if name == "PatchingResult":   # TransformerLens's result class, imported on first use
+        return importlib.import_module("transformer_lens.patching").PatchingResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Raises a clear error if the tokens are not ``[batch, pos]`` ids, if the clean cache
-    lacks the activation, or if clean and corrupted inputs have different shapes.
+
+def make_df_from_ranges(column_max_ranges: Sequence[int], column_names: Sequence[str]) -> pd.DataFrame:
+    """Every combination of ``range(max)`` per column, last column fastest (TransformerLens's function)."""
+    return pd.DataFrame(list(itertools.product(*[range(m) for m in column_max_ranges])), columns=column_names)
+
+
+# -- patch setters: TransformerLens's, with the activation dims each index column addresses ------
+def layer_pos_patch_setter(corrupted_activation, index, clean_activation):
+    """index = [layer, pos]: activation ``[batch, pos, ...]``."""
+    assert len(index) == 2
+    layer, pos = index
+    corrupted_activation[:, pos, ...] = clean_activation[:, pos, ...]
+    return corrupted_activation
+
+
+def layer_pos_head_vector_patch_setter(corrupted_activation, index, clean_activation):
+    """index = [layer, pos, head_index]: activation ``[batch, pos, head_index, ...]``."""
+    assert len(index) == 3
+    layer, pos, head_index = index
+    corrupted_activation[:, pos, head_index] = clean_activation[:, pos, head_index]
+    return corrupted_activation
+
+
+def layer_head_vector_patch_setter(corrupted_activation, index, clean_activation):
+    """index = [layer, head_index]: activation ``[batch, pos, head_index, ...]``, every position."""
+    assert len(index) == 2
+    layer, head_index = index
+    corrupted_activation[:, :, head_index] = clean_activation[:, :, head_index]
+    return corrupted_activation
+
+
+def layer_head_pattern_patch_setter(corrupted_activation, index, clean_activation):
+    """index = [layer, head_index]: activation ``[batch, head_index, dest_pos, src_pos]``."""
+    assert len(index) == 2
+    layer, head_index = index
+    corrupted_activation[:, head_index, :, :] = clean_activation[:, head_index, :, :]
+    return corrupted_activation
+
+
+def layer_head_pos_pattern_patch_setter(corrupted_activation, index, clean_activation):
+    """index = [layer, head_index, dest_pos]: activation ``[batch, head_index, dest_pos, src_pos]``."""
+    assert len(index) == 3
+    layer, head_index, dest_pos = index
+    corrupted_activation[:, head_index, dest_pos, :] = clean_activation[:, head_index, dest_pos, :]
+    return corrupted_activation
+
+
+def layer_head_dest_src_pos_pattern_patch_setter(corrupted_activation, index, clean_activation):
+    """index = [layer, head_index, dest_pos, src_pos]: activation ``[batch, head_index, dest_pos, src_pos]``."""
+    assert len(index) == 4
+    layer, head_index, dest_pos, src_pos = index
+    corrupted_activation[:, head_index, dest_pos, src_pos] = clean_activation[:, head_index, dest_pos, src_pos]
+    return corrupted_activation
+
+
+# setter name -> the activation dims (without batch) its index columns after ``layer`` address
+_SETTER_DIMS = {"layer_pos_patch_setter": (0,), "layer_pos_head_vector_patch_setter": (0, 1),
+                "layer_head_vector_patch_setter": (1,), "layer_head_pattern_patch_setter": (0,),
+                "layer_head_pos_pattern_patch_setter": (0, 1),
+                "layer_head_dest_src_pos_pattern_patch_setter": (0, 1, 2)}
+
+
+def _batchable_dims(patch_setter: Callable) -> Optional[tuple[int, ...]]:
+    """The patched dims of one of the known setters (ours or TransformerLens's), else None."""
+    name = getattr(patch_setter, "__name__", "")
+    module = getattr(patch_setter, "__module__", "")
+    if name in _SETTER_DIMS and module in (__name__, "transformer_lens.patching"):
+        return _SETTER_DIMS[name]
+    return None
+
+
+# -- the generic sweep ---------------------------------------------------------------------
+def generic_activation_patch(model, corrupted_tokens: torch.Tensor, clean_cache, patching_metric: Union[Metric, Mapping[str, Metric]],
+                             patch_setter: Callable, activation_name: str,
+                             index_axis_names: Optional[Sequence[str]] = None, index_df: Optional[pd.DataFrame] = None,
+                             return_index_df: bool = False, *, reduce: str = "scalar", baseline: bool = False,
+                             max_batch_tokens: Optional[int] = None):
+    """Patch each slice of ``activation_name`` named by ``index_axis_names`` (first ``"layer"``) or ``index_df``.
+
+    Returns ``[*axis sizes]`` metric values (one per ``index_df`` row when it is given), as
+    TransformerLens's function of the same name, or a ``PatchingResult`` with
+    ``reduce="none"``, ``baseline=True`` or a mapping of metrics. The metric returns a scalar
+    under ``reduce="scalar"`` and a ``[batch]`` tensor otherwise.
     """
-    if activation_name not in ACT_DIMS:
-        raise ValueError(f"cannot patch {activation_name!r}; patchable activations: {sorted(ACT_DIMS)}")
-    if not isinstance(corrupted_tokens, torch.Tensor) or corrupted_tokens.ndim != 2:
-        raise ValueError("corrupted_tokens must be a LongTensor [batch, pos] of token ids, got "
-                         f"{getattr(corrupted_tokens, 'shape', type(corrupted_tokens))}")
-    b, p = corrupted_tokens.shape
-    layers = range(model.cfg.n_layers) if layers is None else layers
-    out = {}
-    for layer in layers:
-        name = get_act_name(activation_name, layer)
-        if name not in clean_cache:
-            raise KeyError(f"the clean cache has no {name!r}: cache it with "
-                           f"model.run_with_cache(clean_tokens, names_filter=lambda n: n.endswith("
-                           f"'hook_{activation_name}')) or with no names_filter")
-        act = clean_cache[name]
-        want = (b, model.cfg.n_heads, p, p) if ACT_DIMS[activation_name][0] == "head" else (b, p)
-        if tuple(act.shape[:len(want)]) != want:
-            raise ValueError(f"clean and corrupted inputs differ in shape: clean {name} is "
-                             f"{tuple(act.shape)} but corrupted_tokens is {tuple(corrupted_tokens.shape)}; "
-                             "patching needs the same batch size and sequence length (pad or trim the prompts)")
-        out[layer] = act.to(model.device)
-    return out
-
-
-def variant_masks(act_shape: Sequence[int], dims: Sequence[str], axes: Sequence[str]) -> torch.Tensor:
-    """One boolean mask per patched variant, ``[n_variants, *mask_shape]``.
-
-    ``act_shape``/``dims`` describe the activation without its batch dim; ``axes`` are
-    the swept axes in output order (TL's names). Variant ``v`` is the row-major index
-    over ``axes``; its mask is True exactly on the slice that variant patches.
-    """
-    dim_of = [dims.index(_AXIS[a]) for a in axes]
-    sizes = [act_shape[d] for d in dim_of]
-    n = math.prod(sizes)
-    mask = torch.ones((n,) + (1,) * len(dims), dtype=torch.bool)
-    ids = torch.arange(n)
-    for d, size, stride in zip(dim_of, sizes, _strides(sizes)):
-        which = (ids // stride) % size                                 # [n_variants]
-        onehot = which[:, None] == torch.arange(size)[None, :]         # [n_variants, size]
-        shape = [n] + [1] * len(dims)
-        shape[d + 1] = size
-        mask = mask & onehot.view(shape)
-    return mask
-
-
-def _strides(sizes: Sequence[int]) -> list[int]:
-    out, s = [], 1
-    for size in reversed(sizes):
-        out.append(s)
-        s *= size
-    return out[::-1]
-
-
-@torch.no_grad()
-def resid_pre_all_layers(model, tokens: torch.Tensor) -> list[torch.Tensor]:
-    """``resid_pre`` entering every block, one ``[batch, pos, d_model]`` per layer (one forward, no logits)."""
-    return corrupted_run(model, tokens, keys=False, logits=False)["resid_pre"]
-
-
-@torch.no_grad()
-def corrupted_run(model, tokens: torch.Tensor, keys: bool = True, logits: bool = True) -> dict:
-    """One forward keeping what patched runs restart from: ``resid_pre`` of every layer, and (``keys``)
-    every layer's rotated keys and values ``[batch, head, pos, d_head]`` (a KV cache of the whole
-    run), and the ``logits``."""
-    n = model.cfg.n_layers
-    resid, k, v = {}, {}, {}
-    hooks = [(f"blocks.{i}.hook_resid_pre", lambda t, hook, i=i: resid.__setitem__(i, t)) for i in range(n)]
-    if keys:
-        hooks += [(f"blocks.{i}.attn.hook_rot_k", lambda t, hook, i=i: k.__setitem__(i, t.transpose(1, 2)))
-                  for i in range(n)]
-        hooks += [(f"blocks.{i}.attn.hook_v", lambda t, hook, i=i: v.__setitem__(i, t.transpose(1, 2)))
-                  for i in range(n)]
-    with model.hooks(hooks):
-        out = model(tokens.to(model.device), stop_at_layer=None if logits else n)
-    return {"resid_pre": [resid[i] for i in range(n)], "k": k, "v": v, "logits": out if logits else None}
-
-
-def auto_chunk(model, batch: int, pos: int, max_batch_tokens: Optional[int]) -> int:
-    """How many variants of ``[batch, pos]`` go in one forward: bounded by tokens and by logits memory."""
-    return max(1, batch_tokens(model, max_batch_tokens) // max(1, batch * pos))
-
-
-def batch_tokens(model, max_batch_tokens: Optional[int]) -> int:
-    """Tokens in one patched forward: ``max_batch_tokens``, or ~1 GiB of fp32 logits and at most 8192."""
-    return max_batch_tokens or min(8192, 2 ** 28 // model.cfg.d_vocab)
-
-
-def first_position(masks: torch.Tensor, dims: Sequence[str]) -> torch.Tensor:
-    """``[n_variants]``: the first query position each variant's patch touches (0 if all positions).
-
-    Positions before it are the same as in the corrupted run (causal attention), so its patched
-    run need only compute the positions from there on.
-    """
-    name = "pos" if "pos" in dims else "dest_pos"
-    d = dims.index(name) + 1
-    if masks.shape[d] == 1:
-        return torch.zeros(masks.shape[0], dtype=torch.long)
-    touched = masks.movedim(d, 1).flatten(2).any(-1)                       # [n_variants, pos]
-    return torch.where(touched.any(1), touched.float().argmax(1), torch.zeros_like(touched[:, 0], dtype=torch.long))
-
-
-def plan_chunks(starts: torch.Tensor, batch: int, pos: int, max_tokens: int,
-                min_tokens: Optional[int] = None) -> list[tuple[int, list[int]]]:
-    """Group variants (sorted by first position) into forwards of at most ``max_tokens`` tokens.
-
-    Each chunk computes positions ``start:`` for all its variants, so variants with a later first
-    position waste work in a chunk that starts earlier: a new chunk begins at each new first
-    position once the current one holds ``min_tokens`` (default ``max_tokens // 8``), enough
-    tokens for efficient matmuls. Returns ``[(start position, [variant ids])]``.
-    """
-    min_tokens = max_tokens // 8 if min_tokens is None else min_tokens
-    order = torch.argsort(starts, stable=True).tolist()
-    chunks: list[tuple[int, list[int]]] = []
-    for v in order:
-        s = int(starts[v])
-        if chunks:
-            c_start, ids = chunks[-1]
-            size = len(ids) * batch * (pos - c_start)
-            fits = (len(ids) + 1) * batch * (pos - c_start) <= max_tokens
-            if fits and (s == c_start or size < min_tokens):
-                ids.append(v)
-                continue
-        chunks.append((s, [v]))
-    return chunks
-
-
-@torch.no_grad()
-def run_chunk(model, corr: dict, layer: int, start: int, c: int, hooks: list, metric: Metric) -> list[torch.Tensor]:
-    """Run ``c`` stacked patched copies of the corrupted batch from ``layer`` and position ``start``.
-
-    Positions before ``start`` come from the corrupted run (its keys/values as a KV cache, its
-    logits); returns the metric of each copy, computed on full ``[batch, pos, d_vocab]`` logits.
-    """
-    x = corr["resid_pre"][layer][:, start:]
-    b = x.shape[0]
-    kv = None
-    if start > 0:
-        from workbench.model.kv_cache import KVCache
-        kv = KVCache(model.cfg.n_layers)
-        for i in range(model.cfg.n_layers):
-            src = i if i >= layer else layer  # layers below are not run; any prefix gives the length
-            kv.keys[i] = corr["k"][src][:, :, :start].repeat(c, 1, 1, 1)
-            kv.values[i] = corr["v"][src][:, :, :start].repeat(c, 1, 1, 1)
-    with model.hooks(hooks):
-        logits = model(x.repeat(c, 1, 1), start_at_layer=layer, kv_cache=kv)   # [c * batch, pos - start, vocab]
-    out = []
-    for i in range(c):
-        part = logits[i * b:(i + 1) * b]
-        if start > 0:
-            part = torch.cat([corr["logits"][:, :start], part], dim=1)
-        out.append(metric_value(metric, part).float().cpu())
-    return out
-
-
-def masked_patch_hook(clean: torch.Tensor, masks: torch.Tensor) -> Callable:
-    """A hook that writes ``clean`` where each variant's mask is True.
-
-    ``clean`` ``[batch, *shape]``; ``masks`` ``[c, *mask_shape]`` for the ``c`` stacked variants.
-    """
-    def hook(act: torch.Tensor, hook) -> torch.Tensor:
-        c = masks.shape[0]
-        v = act.view(c, -1, *act.shape[1:])                             # [c, batch, *shape]
-        return torch.where(masks[:, None].to(act.device), clean[None].to(act.dtype), v).view(act.shape)
-    return hook
-
-
-def _from_position(t: torch.Tensor, dims: Sequence[str], start: int) -> torch.Tensor:
-    """Slice the query-position dim of an activation (or mask) to ``start:``."""
-    if start == 0:
-        return t
-    d = dims.index("pos" if "pos" in dims else "dest_pos") + 1      # +1: batch (or variant) dim
-    return t.narrow(d, start, t.shape[d] - start) if t.shape[d] > 1 else t
-
-
-def generic_activation_patch(model, corrupted_tokens: torch.Tensor, clean_cache, patching_metric: Metric,
-                             activation_name: str, index_axis_names: Sequence[str],
-                             max_batch_tokens: Optional[int] = None) -> torch.Tensor:
-    """Patch each slice of ``activation_name`` named by ``index_axis_names`` (first one ``"layer"``).
-
-    Returns ``[n_layers, *sizes of the other axes]`` metric values, as TL's function of the same name.
-    ``max_batch_tokens`` bounds the tokens in one forward (default: ~1 GiB of logits).
-    """
-    if not index_axis_names or index_axis_names[0] != "layer":
-        raise ValueError(f"index_axis_names must start with 'layer', got {index_axis_names}")
-    dims = ACT_DIMS[activation_name] if activation_name in ACT_DIMS else ()
+    if model.training:
+        raise ValueError("activation patching needs the model in evaluation mode (dropout and the like "
+                         "would make patched runs differ by chance): call model.eval() first")
+    if reduce not in REDUCE_MODES:
+        raise ValueError(f"reduce must be one of {REDUCE_MODES}, got {reduce!r}")
+    metrics = dict(patching_metric) if isinstance(patching_metric, Mapping) else {"metric": patching_metric}
+    if not metrics:
+        raise ValueError("patching_metric mapping must contain at least one metric")
+    want_result = isinstance(patching_metric, Mapping) or reduce == "none" or baseline
+    if want_result and return_index_df:
+        raise ValueError("return_index_df only applies to the tensor return; a PatchingResult carries index_df")
     clean = check_inputs(model, corrupted_tokens, clean_cache, activation_name)
     tokens = corrupted_tokens.to(model.device)
-    b, p = tokens.shape
-    shape = tuple(clean[0].shape[1:])
-    masks = variant_masks(shape, dims, index_axis_names[1:]).to(model.device)
-    sizes = [shape[dims.index(_AXIS[a])] for a in index_axis_names[1:]]
-    starts = first_position(masks.cpu(), dims)
-    corr = corrupted_run(model, tokens, keys=bool((starts > 0).any()))
-    chunks = plan_chunks(starts, b, p, batch_tokens(model, max_batch_tokens))
-    results = torch.empty(model.cfg.n_layers, masks.shape[0])
-    for layer in range(model.cfg.n_layers):
-        name = get_act_name(activation_name, layer)
-        for start, ids in chunks:
-            m = _from_position(masks[ids], dims, start)
-            hook = masked_patch_hook(_from_position(clean[layer], dims, start), m)
-            values = run_chunk(model, corr, layer, start, len(ids), [(name, hook)], patching_metric)
-            results[layer, ids] = torch.stack(values)
-    return results.view(model.cfg.n_layers, *sizes)
+    index_df, cell_shape = _index(model, tokens, activation_name, index_axis_names, index_df)
+    evaluate = _evaluator(metrics, reduce != "scalar", tokens.shape[0])
+    rows = torch.tensor(index_df.to_numpy(), dtype=torch.long).reshape(len(index_df), -1)
+    dims = _batchable_dims(patch_setter)
+    with torch.no_grad():
+        if dims is not None and len(dims) == rows.shape[1] - 1:
+            values, corrupted_logits = batched_sweep(model, tokens, clean, activation_name, rows, dims, evaluate,
+                                                     max_batch_tokens)
+        else:
+            values = _loop_sweep(model, tokens, clean_cache, activation_name, rows, patch_setter, evaluate)
+            corrupted_logits = model(tokens) if baseline else None
+        base = evaluate(corrupted_logits) if baseline else None   # the unpatched corrupted run
+    store = values.movedim(0, 1).reshape(len(metrics), *cell_shape, *values.shape[2:]).to(model.device)
+    base = None if base is None else base.to(model.device)          # [metric, *cells, batch?], [metric, batch?]
+    if reduce == "mean":
+        store, base = store.mean(-1), (None if base is None else base.mean(-1))
+    if not want_result:
+        return (store[0], index_df) if return_index_df else store[0]
+    multi = isinstance(patching_metric, Mapping)
+    return __getattr__("PatchingResult")(
+        values=store if multi else store[0], axis_names=[] if index_axis_names is None else list(index_axis_names),
+        index_df=index_df, metric_names=list(metrics), reduced=reduce != "none",
+        baseline=None if base is None else (base if multi else base[0]), has_metric_axis=multi)
 
 
-def _sweep(activation_name: str, axes: tuple[str, ...], what: str, shape: str) -> Callable:
-    def fn(model, corrupted_tokens: torch.Tensor, clean_cache, patching_metric: Metric,
-           max_batch_tokens: Optional[int] = None) -> torch.Tensor:
-        return generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metric,
-                                        activation_name, axes, max_batch_tokens)
-    fn.__doc__ = (f"Activation patching of {what}: returns ``{shape}`` values of ``patching_metric``.\n\n"
-                  "Args: model, corrupted_tokens ``[batch, pos]``, clean_cache (from ``run_with_cache`` on the "
-                  "clean tokens), patching_metric (logits -> scalar); ``max_batch_tokens`` bounds one forward.")
+def _index(model, tokens: torch.Tensor, activation_name: str, index_axis_names: Optional[Sequence[str]],
+           index_df: Optional[pd.DataFrame]) -> tuple[pd.DataFrame, tuple[int, ...]]:
+    """The rows to patch and the shape of the output cells (flat when ``index_df`` is given)."""
+    if index_df is not None:
+        if index_axis_names is not None:
+            raise ValueError("give index_axis_names or index_df, not both")
+        return index_df, (len(index_df),)
+    if not index_axis_names or index_axis_names[0] != "layer":
+        raise ValueError(f"index_axis_names must start with 'layer', got {index_axis_names}")
+    sizes = {"layer": model.cfg.n_layers, "pos": tokens.shape[-1], "head_index": model.cfg.n_heads}
+    sizes.update(src_pos=sizes["pos"], dest_pos=sizes["pos"], head=sizes["head_index"])
+    ranges = [sizes[a] for a in index_axis_names]
+    return make_df_from_ranges(ranges, index_axis_names), tuple(ranges)
+
+
+def _evaluator(metrics: dict[str, Metric], per_example: bool, batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits -> ``[n_metrics, batch?]``, checking each metric's output shape as TransformerLens does."""
+    def evaluate(logits: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for name, fn in metrics.items():
+            out = torch.as_tensor(fn(logits))
+            if per_example and (out.ndim != 1 or out.shape[0] != batch):
+                raise ValueError(f"patching_metric {name!r} must return a [batch] tensor of length {batch} "
+                                 f"under reduce='mean' or 'none', got shape {tuple(out.shape)}")
+            if not per_example and out.ndim != 0:
+                raise ValueError(f"patching_metric {name!r} must return a scalar under reduce='scalar', got shape "
+                                 f"{tuple(out.shape)}; return a [batch] tensor and pass reduce='mean' or "
+                                 "reduce='none' to keep per-example values")
+            rows.append(out.detach().float().cpu())
+        return torch.stack(rows)
+    return evaluate
+
+
+def _loop_sweep(model, tokens: torch.Tensor, clean_cache, activation_name: str, rows: torch.Tensor,
+                patch_setter: Callable, evaluate: Callable) -> torch.Tensor:
+    """One full forward per row with ``patch_setter`` applied (any setter): ``[n_rows, n_metrics, batch?]``."""
+    out = []
+    for index in rows.tolist():
+        name = get_act_name(activation_name, index[0])
+        clean_act = clean_cache[name]
+
+        def hook(act, hook, index=index, clean_act=clean_act):
+            return patch_setter(act.clone() if act.requires_grad else act, index, clean_act)
+        out.append(evaluate(model.run_with_hooks(tokens, fwd_hooks=[(name, hook)])))
+    return torch.stack(out)
+
+
+# -- the named sweeps (TransformerLens's partials) -----------------------------------------
+def _sweep(setter: Callable, activation_name: str, axes: tuple[str, ...], doc: str) -> Callable:
+    fn = functools.partial(generic_activation_patch, patch_setter=setter, activation_name=activation_name,
+                           index_axis_names=axes)
+    fn.__doc__ = (f"Activation patching of {doc}: returns ``[{', '.join(axes)}]`` values of ``patching_metric`` "
+                  "(or a ``PatchingResult`` with reduce='none', baseline=True or several metrics).\n\n"
+                  "Args: model, corrupted_tokens ``[batch, pos]``, clean_cache (``run_with_cache`` of the clean "
+                  "tokens), patching_metric (logits -> scalar); keywords reduce, baseline, max_batch_tokens.")
     return fn
 
 
-get_act_patch_resid_pre = _sweep("resid_pre", ("layer", "pos"), "the residual stream entering each block, by position",
-                                 "[n_layers, pos]")
-get_act_patch_attn_out = _sweep("attn_out", ("layer", "pos"), "each attention layer's output, by position",
-                                "[n_layers, pos]")
-get_act_patch_mlp_out = _sweep("mlp_out", ("layer", "pos"), "each MLP's output, by position", "[n_layers, pos]")
-get_act_patch_attn_head_out_all_pos = _sweep("z", ("layer", "head"), "each head's output (z), all positions",
-                                             "[n_layers, n_heads]")
-get_act_patch_attn_head_out_by_pos = _sweep("z", ("layer", "pos", "head"), "each head's output (z), by position",
-                                            "[n_layers, pos, n_heads]")
-get_act_patch_attn_head_q_all_pos = _sweep("q", ("layer", "head"), "each head's queries, all positions",
-                                           "[n_layers, n_heads]")
-get_act_patch_attn_head_k_all_pos = _sweep("k", ("layer", "head"), "each head's keys, all positions",
-                                           "[n_layers, n_heads]")
-get_act_patch_attn_head_v_all_pos = _sweep("v", ("layer", "head"), "each head's values, all positions",
-                                           "[n_layers, n_heads]")
-get_act_patch_attn_head_q_by_pos = _sweep("q", ("layer", "pos", "head"), "each head's queries, by position",
-                                          "[n_layers, pos, n_heads]")
-get_act_patch_attn_head_k_by_pos = _sweep("k", ("layer", "pos", "head"), "each head's keys, by position",
-                                          "[n_layers, pos, n_heads]")
-get_act_patch_attn_head_v_by_pos = _sweep("v", ("layer", "pos", "head"), "each head's values, by position",
-                                          "[n_layers, pos, n_heads]")
-get_act_patch_attn_head_pattern_all_pos = _sweep("pattern", ("layer", "head_index"),
-                                                 "each head's attention pattern, all positions", "[n_layers, n_heads]")
-get_act_patch_attn_head_pattern_by_pos = _sweep("pattern", ("layer", "head_index", "dest_pos"),
-                                                "each head's attention pattern, by destination position",
-                                                "[n_layers, n_heads, dest_pos]")
-get_act_patch_attn_head_pattern_dest_src_pos = _sweep(
-    "pattern", ("layer", "head_index", "dest_pos", "src_pos"),
-    "each (destination, source) entry of each head's pattern", "[n_layers, n_heads, dest_pos, src_pos]")
+get_act_patch_resid_pre = _sweep(layer_pos_patch_setter, "resid_pre", ("layer", "pos"),
+                                 "the residual stream entering each block, by position")
+get_act_patch_attn_out = _sweep(layer_pos_patch_setter, "attn_out", ("layer", "pos"),
+                                "each attention layer's output, by position")
+get_act_patch_mlp_out = _sweep(layer_pos_patch_setter, "mlp_out", ("layer", "pos"), "each MLP's output, by position")
+get_act_patch_attn_head_out_by_pos = _sweep(layer_pos_head_vector_patch_setter, "z", ("layer", "pos", "head"),
+                                            "each head's output (z), by position")
+get_act_patch_attn_head_q_by_pos = _sweep(layer_pos_head_vector_patch_setter, "q", ("layer", "pos", "head"),
+                                          "each head's queries, by position")
+get_act_patch_attn_head_k_by_pos = _sweep(layer_pos_head_vector_patch_setter, "k", ("layer", "pos", "head"),
+                                          "each head's keys, by position")
+get_act_patch_attn_head_v_by_pos = _sweep(layer_pos_head_vector_patch_setter, "v", ("layer", "pos", "head"),
+                                          "each head's values, by position")
+get_act_patch_attn_head_pattern_by_pos = _sweep(layer_head_pos_pattern_patch_setter, "pattern",
+                                                ("layer", "head_index", "dest_pos"),
+                                                "each head's attention pattern, by destination position")
+get_act_patch_attn_head_pattern_dest_src_pos = _sweep(layer_head_dest_src_pos_pattern_patch_setter, "pattern",
+                                                      ("layer", "head_index", "dest_pos", "src_pos"),
+                                                      "each (destination, source) entry of each head's pattern")
+get_act_patch_attn_head_out_all_pos = _sweep(layer_head_vector_patch_setter, "z", ("layer", "head"),
+                                             "each head's output (z), all positions")
+get_act_patch_attn_head_q_all_pos = _sweep(layer_head_vector_patch_setter, "q", ("layer", "head"),
+                                           "each head's queries, all positions")
+get_act_patch_attn_head_k_all_pos = _sweep(layer_head_vector_patch_setter, "k", ("layer", "head"),
+                                           "each head's keys, all positions")
+get_act_patch_attn_head_v_all_pos = _sweep(layer_head_vector_patch_setter, "v", ("layer", "head"),
+                                           "each head's values, all positions")
+get_act_patch_attn_head_pattern_all_pos = _sweep(layer_head_pattern_patch_setter, "pattern", ("layer", "head_index"),
+                                                 "each head's attention pattern, all positions")
 
-for _name, _fn in list(globals().items()):
-    if _name.startswith("get_act_patch_"):
-        _fn.__name__ = _fn.__qualname__ = _name
+
+# -- several sweeps at once (TransformerLens's *_every helpers) ------------------------------
+_HEAD_TYPES = ("out", "q", "k", "v", "pattern")
+_BLOCK_TYPES = ("resid_pre", "attn_out", "mlp_out")
+_RENAMES = {"head_index": "head", "dest_pos": "pos"}
+
+
+def _run_sweeps(sweeps: Sequence[Callable], model, corrupted_tokens, clean_cache, metric, kwargs: dict) -> list:
+    """Run each sweep (a requested baseline by the first one only): ``[(result, its axis names)]``."""
+    baseline = bool(kwargs.pop("baseline", False))
+    return [(sweep(model, corrupted_tokens, clean_cache, metric, baseline=baseline and i == 0, **kwargs),
+             [_RENAMES.get(n, n) for n in sweep.keywords["index_axis_names"]]) for i, sweep in enumerate(sweeps)]
+
+
+def _stack_results(results: list, axis_order: tuple[str, ...], type_names: Sequence[str]):
+    """Stack ``[(sweep result, axis names)]`` on a leading ``patch_type`` axis, axes permuted to ``axis_order``.
+
+    All tensors give a tensor; otherwise a ``PatchingResult`` (plain tensors among them, from
+    the sweeps that did not compute the baseline, are reduced values without a metric axis).
+    """
+    typed = [r for r, _ in results if not isinstance(r, torch.Tensor)]
+    lead = 1 if typed and typed[0].has_metric_axis else 0
+    values = []
+    for r, names in results:
+        v = r if isinstance(r, torch.Tensor) else r.values
+        perm = list(range(lead)) + [lead + names.index(n) for n in axis_order]
+        values.append(v.permute(*perm, *range(lead + len(names), v.ndim)))
+    stacked = torch.stack(values, dim=lead)
+    if not typed:
+        return stacked
+    first = typed[0]
+    cells = list(stacked.shape[lead:lead + 1 + len(axis_order)])
+    return __getattr__("PatchingResult")(
+        values=stacked, axis_names=["patch_type", *axis_order],
+        index_df=make_df_from_ranges(cells, ["patch_type", *axis_order]), metric_names=list(first.metric_names),
+        reduced=first.reduced, baseline=first.baseline, has_metric_axis=first.has_metric_axis,
+        patch_type_names=list(type_names))
+
+
+def get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric, **kwargs):
+    """Every head's output, query, key, value and pattern, all positions: ``[5, n_layers, n_heads]``."""
+    results = _run_sweeps((get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos,
+                           get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_v_all_pos,
+                           get_act_patch_attn_head_pattern_all_pos), model, corrupted_tokens, clean_cache, metric, kwargs)
+    return _stack_results(results, ("layer", "head"), _HEAD_TYPES)
+
+
+def get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric, **kwargs):
+    """Every head's output, query, key, value and pattern, by position: ``[5, n_layers, pos, n_heads]``."""
+    results = _run_sweeps((get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos,
+                           get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos,
+                           get_act_patch_attn_head_pattern_by_pos), model, corrupted_tokens, clean_cache, metric, kwargs)
+    return _stack_results(results, ("layer", "pos", "head"), _HEAD_TYPES)
+
+
+def get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric, **kwargs):
+    """The residual stream entering each block, each attention output and each MLP output: ``[3, n_layers, pos]``."""
+    results = _run_sweeps((get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out),
+                          model, corrupted_tokens, clean_cache, metric, kwargs)
+    return _stack_results(results, ("layer", "pos"), _BLOCK_TYPES)

@@ -29,16 +29,15 @@ Head = tuple[int, int]
 
 @torch.no_grad()
 def _corrupted_run(model, tokens: torch.Tensor) -> dict:
-    """One corrupted forward: resid_pre, z and mlp_out of every layer, and the logits."""
-    z, mlp, resid = {}, {}, {}
-    hooks = []
-    for i in range(model.cfg.n_layers):
-        hooks += [(f"blocks.{i}.attn.hook_z", lambda t, hook, i=i: z.__setitem__(i, t)),
-                  (f"blocks.{i}.hook_mlp_out", lambda t, hook, i=i: mlp.__setitem__(i, t)),
-                  (f"blocks.{i}.hook_resid_pre", lambda t, hook, i=i: resid.__setitem__(i, t))]
-    with model.hooks(hooks):
+    """One corrupted forward: resid_pre, z and mlp_out of every layer (the model's own caching hooks), and the logits."""
+    n = model.cfg.n_layers
+    kinds = {"z": "attn.hook_z", "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre"}
+    cache, fwd, _ = model.get_caching_hooks([f"blocks.{i}.{h}" for i in range(n) for h in kinds.values()])
+    with model.hooks(fwd):
         logits = model(tokens)
-    return {"z": z, "mlp_out": mlp, "resid_pre": resid, "logits": logits}
+    out = {kind: {i: cache[f"blocks.{i}.{h}"] for i in range(n)} for kind, h in kinds.items()}
+    out["logits"] = logits
+    return out
 
 
 def _check_heads(model, heads: Sequence[Head], what: str) -> None:
@@ -85,12 +84,12 @@ def _run_path_variants(model, tokens, clean_z, corr, sender_sets: Sequence[Seque
             # Step 1 up to the last receiver layer, recording the receivers' inputs.
             name = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v"}[receiver_input]
             recv_layers = sorted({layer for layer, _ in receivers})
-            seen: dict[int, torch.Tensor] = {}
-            rec = [(f"blocks.{i}.{name}", lambda t, hook, i=i: seen.__setitem__(i, t.clone()))
-                   for i in recv_layers if i >= first]
+            recorded = [f"blocks.{i}.{name}" for i in recv_layers if i >= first]
+            seen_by_name, rec, _ = model.get_caching_hooks(recorded) if recorded else ({}, [], [])
             if rec:
                 with model.hooks(hooks + rec):
                     model(x, start_at_layer=first, stop_at_layer=recv_layers[-1] + 1, tokens=rep)
+            seen = {int(n.split(".")[1]): t for n, t in seen_by_name.items()}
 
             # Step 2: the corrupted run with only the receivers' inputs replaced.
             def recv_hook(layer: int):

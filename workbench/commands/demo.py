@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
             tokens = model.to_tokens(text)                          # [1, pos]
         else:
             tokens = torch.randint(0, model.cfg.d_vocab, (2, 32))   # [batch, pos]
+        model.set_use_attn_result(True)   # every hook, per-head results included
         with torch.no_grad():
             logits, cache = model.run_with_cache(tokens)
         typer.echo(summarise_cache(model, logits, cache))

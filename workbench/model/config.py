@@ -43,6 +43,13 @@ class PhiConfig:
     use_split_qkv_input: bool = field(default=False, compare=False, repr=False)
     use_attn_in: bool = field(default=False, compare=False, repr=False)
     use_hook_mlp_in: bool = field(default=False, compare=False, repr=False)
+    # More of TransformerLens's run-time state, read by its tools: the parameters' dtype (kept
+    # up to date by PhiModel), whether to_tokens prepends BOS by default (phi-2's tokenizer adds
+    # none; TransformerLens's Phi adapter says False too), and whether an unfiltered
+    # run_with_cache includes the per-head hook_result (PhiModel.set_use_attn_result).
+    dtype: Any = field(default=None, compare=False, repr=False)
+    default_prepend_bos: bool = field(default=False, compare=False, repr=False)
+    use_attn_result: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Checked here so every way of making a config (constructor, preset, config.json, saved
@@ -87,6 +94,47 @@ class PhiConfig:
     @property
     def positional_embedding_type(self) -> str:
         return "rotary"
+
+    @property
+    def parallel_attn_mlp(self) -> bool:
+        return True
+
+    @property
+    def gated_mlp(self) -> bool:
+        return False
+
+    @property
+    def tokenizer_prepends_bos(self) -> bool:
+        """The tokenizer adds no BOS itself; ``to_tokens(prepend_bos=True)`` adds it."""
+        return False
+
+    @property
+    def rotary_base(self) -> float:
+        return self.rope_theta
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
+
+    @property
+    def eps(self) -> float:
+        return self.layer_norm_eps
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    @property
+    def original_architecture(self) -> str:
+        return "PhiForCausalLM"
+
+    @property
+    def attention_dir(self) -> str:
+        return "causal"
+
+    @property
+    def n_devices(self) -> int:
+        return 1
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "PhiConfig":
@@ -182,7 +230,8 @@ class PhiConfig:
 
 
 # Fields that say how a model runs, not what it is: left out of to_dict() and saved configs.
-RUNTIME_FIELDS = frozenset({"device", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in"})
+RUNTIME_FIELDS = frozenset({"device", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in",
+                            "dtype", "default_prepend_bos", "use_attn_result"})
 
 
 def _configurable_fields() -> set[str]:

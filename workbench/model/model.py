@@ -22,13 +22,16 @@ from . import hf_format
 from .config import PhiConfig
 from .kv_cache import KVCache
 from .rotary import apply_rotary, rotary_cos_sin
+from .tl_api import TransformerLensAPI
 
 
 class LayerNorm(nn.Module):
     """LayerNorm with ``hook_scale`` ``[batch, pos, 1]`` and ``hook_normalized`` ``[batch, pos, d_model]``.
 
     As in TransformerLens, ``hook_scale`` is ``sqrt(var + eps)`` and
-    ``hook_normalized`` is ``(x - mean) / scale`` *before* the weight and bias.
+    ``hook_normalized`` is ``(x - mean) / scale`` *before* the weight and bias; both
+    are computed (and cached) in fp32 under half-precision weights, as TransformerLens
+    and the fused kernel do, and the output is cast back to the input dtype.
     """
 
     def __init__(self, cfg: PhiConfig) -> None:
@@ -42,9 +45,18 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.hook_scale.active or self.hook_normalized.active):  # fused kernel, same numbers
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        dtype = x.dtype
+        x = x.float() if dtype not in (torch.float32, torch.float64) else x
         x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale) * self.weight + self.bias
+        # pow(0.5), not sqrt(): sqrt saves its output for backward, so a hook editing the
+        # scale in place would break .backward(); pow saves only its input.
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).pow(0.5))
+        out = self.hook_normalized(x / scale) * self.weight + self.bias
+        return out.to(dtype)
+
+    # TransformerLens's names for the affine parameters
+    w = property(lambda self: self.weight, doc="``[d_model]`` (TransformerLens's name for the weight)")
+    b = property(lambda self: self.bias, doc="``[d_model]`` (TransformerLens's name for the bias)")
 
 
 class Attention(nn.Module):
@@ -74,7 +86,10 @@ class Attention(nn.Module):
             q, k, v = self._project_per_head(*x)
         else:
             b, p, _ = x.shape
-            q, k, v = self.qkv(x).view(b, p, 3, self.cfg.n_heads, self.cfg.d_head).unbind(2)
+            qkv = self.qkv(x).view(b, p, 3, self.cfg.n_heads, self.cfg.d_head)
+            # Three single views, not unbind(): autograd forbids in-place edits of the views a
+            # multi-output op returns, and a hook may do `v[:, :, 0] = 0` with gradients on.
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         return self._attend(self.hook_q(q), self.hook_k(k), self.hook_v(v), cos, sin, kv_cache)
 
     def _project_per_head(self, q_in: torch.Tensor, k_in: torch.Tensor,
@@ -98,8 +113,7 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
         past = 0
         if kv_cache is not None:
-            cached = kv_cache.keys[self.layer]
-            past = 0 if cached is None else cached.shape[2]
+            past = kv_cache.length
             k, v = kv_cache.update(self.layer, k, v)
         kp = k.shape[2]
         if self.hook_attn_scores.active or self.hook_pattern.active:
@@ -110,6 +124,8 @@ class Attention(nn.Module):
             scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
             if scores.dtype == torch.float32:
                 pattern = scores.softmax(dim=-1)
+                if pattern.requires_grad and self.hook_pattern.active:
+                    pattern = pattern.clone()   # softmax saves its output: let a hook edit a copy in place
             else:  # half precision: softmax in fp32, as HF's eager attention does
                 pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             z = self.hook_pattern(pattern) @ v                       # [batch, head, pos, d_head]
@@ -119,7 +135,10 @@ class Attention(nn.Module):
         else:  # several new queries after a cache: causal mask offset by the cached length
             mask = torch.ones(p, kp, dtype=torch.bool, device=q.device).tril(diagonal=kp - p)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        z = self.hook_z(z.transpose(1, 2))                           # [batch, pos, head, d_head]
+        out, z = z, z.transpose(1, 2).contiguous()                   # [batch, pos, head, d_head]
+        if self.hook_z.active and z.requires_grad and z.data_ptr() == out.data_ptr():
+            z = z.clone()   # SDPA saves its output for backward: a hook may edit z in place only on a copy
+        z = self.hook_z(z)
         if self.hook_result.active:
             w_o = self.dense.weight.view(self.cfg.d_model, h, dh)    # [d_model, head, d_head]
             result = self.hook_result(torch.einsum("bphd,mhd->bphm", z, w_o))
@@ -180,6 +199,45 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.hook_pre(self.fc1(x))
         return self.fc2(self.hook_post(F.gelu(pre, approximate="tanh")))
+
+    # TransformerLens-style weight views (no copies).
+    @property
+    def W_in(self) -> torch.Tensor:
+        """``[d_model, d_mlp]``"""
+        return self.fc1.weight.T
+
+    @property
+    def b_in(self) -> torch.Tensor:
+        return self.fc1.bias
+
+    @property
+    def W_out(self) -> torch.Tensor:
+        """``[d_mlp, d_model]``"""
+        return self.fc2.weight.T
+
+    @property
+    def b_out(self) -> torch.Tensor:
+        return self.fc2.bias
+
+
+class Embed(nn.Embedding):
+    """Token embedding; ``W_E`` ``[d_vocab, d_model]`` is its weight (TransformerLens's name)."""
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self.weight
+
+
+class Unembed(nn.Linear):
+    """The unembedding, with bias (untied from the embedding); ``W_U`` ``[d_model, d_vocab]``, ``b_U``."""
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self.weight.T
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        return self.bias
 
 
 class Block(nn.Module):
@@ -242,26 +300,28 @@ class Block(nn.Module):
         return attn_in, mlp_in
 
 
-class PhiModel(HookedRootModule):
+class PhiModel(TransformerLensAPI, HookedRootModule):
     """A Phi-architecture causal LM with TransformerLens hook names and HF numerics.
 
     ``model(tokens)`` -> logits ``[batch, pos, d_vocab]``. ``tokens`` may be a
     ``LongTensor [batch, pos]`` or, with a tokenizer attached, a string or list of strings.
+    TransformerLens's model API (token helpers, weight views, ``loss_fn``, hook
+    switches, ...) comes from ``TransformerLensAPI`` (tl_api.py).
     """
 
     def __init__(self, cfg: PhiConfig, tokenizer=None) -> None:
         super().__init__()
-        # A private copy: the model writes cfg.device and the hook switches, and two models
+        # A private copy: the model writes cfg.device/dtype and the hook switches, and two models
         # built from one config (a meta-device clone, say) must not change each other's.
         self.cfg = cfg = dataclasses.replace(cfg)
         self.tokenizer = tokenizer
-        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.embed = Embed(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg)
-        self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab)  # with bias; untied from embed
+        self.unembed = Unembed(cfg.d_model, cfg.d_vocab)  # with bias; untied from embed
         self.setup()
-        self.cfg.device = str(self.embed.weight.device)
+        self._sync_cfg()
         if self.embed.weight.device.type != "meta":
             self.init_weights()
 
@@ -279,35 +339,43 @@ class PhiModel(HookedRootModule):
 
     # -- forward -------------------------------------------------------------
     def forward(self, input: Union[torch.Tensor, str, list], return_type: Optional[str] = "logits",
-                loss_per_token: bool = False, start_at_layer: Optional[int] = None,
-                stop_at_layer: Optional[int] = None, tokens: Optional[torch.Tensor] = None,
+                loss_per_token: bool = False, prepend_bos: Optional[bool] = None,
+                padding_side: Optional[str] = None, start_at_layer: Optional[int] = None,
+                tokens: Optional[torch.Tensor] = None, stop_at_layer: Optional[int] = None,
                 kv_cache: Optional[KVCache] = None) -> Optional[torch.Tensor]:
-        """Run the model.
+        """Run the model (TransformerLens's argument names and order).
 
         Args:
             input: token ids ``[batch, pos]`` (or text, with a tokenizer); with
                 ``start_at_layer`` the residual stream ``[batch, pos, d_model]`` entering that block.
             return_type: ``"logits"``, ``"loss"`` (mean next-token cross-entropy, nats),
                 ``"both"`` -> ``(logits, loss)``, or ``None``.
-            stop_at_layer: return the residual stream entering this block instead.
+            prepend_bos, padding_side: for text input, as in ``to_tokens``.
+            start_at_layer: run blocks from this one on (negative counts from the end).
             tokens: the token ids, needed for ``"loss"`` when starting from a residual.
+            stop_at_layer: return the residual stream entering this block instead.
             kv_cache: a ``KVCache``; ``input`` then holds only the new tokens.
         """
+        n = self.cfg.n_layers
         if start_at_layer is None:
             if not isinstance(input, torch.Tensor):
-                input = self.to_tokens(input)
-            tokens = input
-            if tokens.ndim == 1:
-                tokens = tokens[None]
+                input = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
+            tokens = input if input.ndim == 2 else input[None]
             x = self.hook_embed(self.embed(tokens))
-            start_at_layer = 0
+            start = 0
         else:
-            x = input
-        past = len(kv_cache) if kv_cache is not None else 0
+            x, start = input, _start_layer(input, start_at_layer, n)
+        stop = n if stop_at_layer is None else (stop_at_layer + n if stop_at_layer < 0 else stop_at_layer)
+        if kv_cache is not None and stop < n:
+            raise ValueError("kv_cache cannot be combined with stop_at_layer: the layers after the stop "
+                             "would miss the new positions")
+        past = kv_cache.length if kv_cache is not None else 0
         positions = torch.arange(past, past + x.shape[1], device=x.device)
         cos, sin = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta, x.dtype)
-        for block in self.blocks[start_at_layer:stop_at_layer]:
+        for block in self.blocks[start:stop]:
             x = block(x, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(x.shape[1])
         if stop_at_layer is not None:
             return x
         if return_type is None:
@@ -324,23 +392,27 @@ class PhiModel(HookedRootModule):
             return logits, loss
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
 
-    # -- TransformerLens's hook switches ------------------------------------------
-    def set_use_split_qkv_input(self, use: bool) -> None:
-        """Per-head q/k/v inputs through ``blocks.{i}.hook_q_input|hook_k_input|hook_v_input``."""
-        self.cfg.use_split_qkv_input = bool(use)
+    _SWITCHED = {".attn.hook_result": "use_attn_result", ".hook_q_input": "use_split_qkv_input",
+                 ".hook_k_input": "use_split_qkv_input", ".hook_v_input": "use_split_qkv_input",
+                 ".hook_attn_in": "use_attn_in", ".hook_mlp_in": "use_hook_mlp_in"}
 
-    def set_use_attn_in(self, use: bool) -> None:
-        """One per-head attention input through ``blocks.{i}.hook_attn_in``."""
-        self.cfg.use_attn_in = bool(use)
+    def _fires_by_default(self, name: str) -> bool:
+        """Hooks behind TransformerLens's switches join an unfiltered ``run_with_cache`` only when on."""
+        if not name.endswith(("_input", "hook_result", "_in")):
+            return True
+        for suffix, switch in self._SWITCHED.items():
+            if name.endswith(suffix):
+                return getattr(self.cfg, switch)
+        return True
 
-    def set_use_hook_mlp_in(self, use: bool) -> None:
-        """The MLP's own copy of its input through ``blocks.{i}.hook_mlp_in``."""
-        self.cfg.use_hook_mlp_in = bool(use)
+    # -- device bookkeeping for tools that read cfg.device / cfg.dtype ----------
+    def _sync_cfg(self) -> None:
+        self.cfg.device = str(self.embed.weight.device)
+        self.cfg.dtype = self.embed.weight.dtype
 
-    # -- device bookkeeping for tools that read cfg.device --------------------
     def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)
-        self.cfg.device = str(self.embed.weight.device)
+        self._sync_cfg()
         return out
 
     @property
@@ -351,64 +423,7 @@ class PhiModel(HookedRootModule):
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
 
-    # -- TransformerLens-style weight views --------------------------------------
-    @property
-    def W_E(self) -> torch.Tensor:
-        """``[d_vocab, d_model]``"""
-        return self.embed.weight
-
-    @property
-    def W_U(self) -> torch.Tensor:
-        """``[d_model, d_vocab]``"""
-        return self.unembed.weight.T
-
-    @property
-    def b_U(self) -> torch.Tensor:
-        return self.unembed.bias
-
-    def tokens_to_residual_directions(self, tokens: Union[torch.Tensor, int]) -> torch.Tensor:
-        """Unembedding directions of ``tokens``: ``[*tokens.shape, d_model]`` (TransformerLens's name)."""
-        return self.W_U[:, torch.as_tensor(tokens, device=self.W_U.device)].movedim(0, -1)
-
-    @property
-    def W_O(self) -> torch.Tensor:
-        """``[layer, head, d_head, d_model]``"""
-        return torch.stack([b.attn.W_O for b in self.blocks])
-
-    @property
-    def W_Q(self) -> torch.Tensor:
-        """``[layer, head, d_model, d_head]``"""
-        return torch.stack([b.attn.W_Q for b in self.blocks])
-
-    @property
-    def W_K(self) -> torch.Tensor:
-        return torch.stack([b.attn.W_K for b in self.blocks])
-
-    @property
-    def W_V(self) -> torch.Tensor:
-        return torch.stack([b.attn.W_V for b in self.blocks])
-
-    # -- tokenizer, checkpoints, generation (implemented in sibling modules) -----
-    def _need_tokenizer(self):
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer: load a checkpoint folder with tokenizer.json, "
-                             "or set model.tokenizer = Tokenizer.from_file('tokenizer.json')")
-        return self.tokenizer
-
-    def to_tokens(self, text: Union[str, list[str]], prepend_bos: bool = False,
-                  truncate: bool = True) -> torch.Tensor:
-        """Token ids ``[batch, pos]`` on the model's device (right-padded for several texts)."""
-        toks = self._need_tokenizer().to_tokens(text, prepend_bos=prepend_bos)
-        if truncate:
-            toks = toks[:, : self.cfg.n_ctx]
-        return toks.to(self.device)
-
-    def to_str_tokens(self, input, prepend_bos: bool = False) -> list:
-        return self._need_tokenizer().to_str_tokens(input, prepend_bos=prepend_bos)
-
-    def to_string(self, tokens) -> Union[str, list[str]]:
-        return self._need_tokenizer().to_string(tokens)
-
+    # -- checkpoints, generation (implemented in sibling modules) -----------------
     # The training run folder a loaded checkpoint belongs to (set by from_pretrained), else None.
     run_dir: Optional[Path] = None
 
@@ -441,6 +456,18 @@ class PhiModel(HookedRootModule):
         """An equivalent TransformerLens ``TransformerBridge`` over an HF model with our weights."""
         from .tl_bridge import to_transformer_lens
         return to_transformer_lens(self, tokenizer_dir)
+
+
+def _start_layer(x: torch.Tensor, start_at_layer: int, n_layers: int) -> int:
+    """Check the residual input of ``start_at_layer`` and return the (non-negative) block index."""
+    if not (x.is_floating_point() and x.ndim == 3):
+        raise ValueError(f"start_at_layer needs the residual-stream tensor [batch, pos, d_model] entering "
+                         f"that block as input, got {'token ids ' if not x.is_floating_point() else ''}"
+                         f"of shape {tuple(x.shape)}")
+    start = start_at_layer + n_layers if start_at_layer < 0 else start_at_layer
+    if not 0 <= start < n_layers:
+        raise ValueError(f"start_at_layer={start_at_layer} is out of range for a model with {n_layers} layers")
+    return start
 
 
 def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:

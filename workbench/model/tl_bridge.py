@@ -1,6 +1,6 @@
 """Hand a PhiModel to TransformerLens: a ``TransformerBridge`` over an HF model holding our weights.
 
-TransformerLens is imported here only (about 6 s and 480 MB), never by ``import workbench``.
+TransformerLens is imported here (its cost: docs/bench-model.md), never by ``import workbench``.
 The bridge boots offline from an in-memory ``PhiForCausalLM`` plus a tokenizer
 saved in a local folder; booting rewires the modules of the model it is given,
 so it gets a fresh HF model, never one the caller holds.
@@ -10,8 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Optional
-
-import torch
 
 
 def to_hf_model(model):
@@ -41,6 +39,12 @@ def to_transformer_lens(model, tokenizer_dir: Optional[str] = None):
     hf = to_hf_model(model)
     bridge = TransformerBridge.boot_transformers("microsoft/phi-2", hf_model=hf, tokenizer=tokenizer,
                                                  device=str(model.device), dtype=model.dtype)
+    # Booting from an in-memory model skips TransformerLens's tokenizer probe and leaves
+    # tokenizer_prepends_bos at True, which makes its to_tokens drop a real first token
+    # (or keep no BOS) for tokenizers like phi-2's that add none: probe it as TL's loader does.
+    probe = bridge.tokenizer.encode("a")
+    bridge.cfg.tokenizer_prepends_bos = len(probe) > 1 and probe[0] == bridge.tokenizer.bos_token_id
+    bridge.cfg.default_prepend_bos = model.cfg.default_prepend_bos
     return bridge
 
 
