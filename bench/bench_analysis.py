@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # TL's sweep draws a progress bar per call
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch  # noqa: E402
 
 

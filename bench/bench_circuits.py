@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch  # noqa: E402
 
 
@@ -189,7 +187,7 @@ def bench_tasks(a) -> None:
     from workbench import PhiModel
     from workbench.analysis.circuits import find_circuit
     from workbench.analysis.heads import detect_heads
-    from workbench.tasks import induction_task, ioi_task, run_induction_params
+    from workbench.analysis.tasks import induction_task, ioi_task, run_induction_params
     run = Path(a.run)
     if (run / "activations.h5").is_file():
         model = PhiModel.from_pretrained(run).eval()
@@ -208,8 +206,7 @@ def bench_tasks(a) -> None:
                   f"{g.faithfulness:.3f}, area {g.curve.area:.3f}; K-composition edges in it: {k}")
     else:
         print(f"{run} has no recording: skipping the induction circuit (train it: workbench train --out {run})")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_circuits_ioi import TEMPLATE, train_ioi_model
+    from workbench.analysis.toy_ioi import TEMPLATE, train_ioi_model
     t, (model, tok) = _timed(train_ioi_model)
     task = ioi_task(tok, 16, seed=7, templates=TEMPLATE)
     g = find_circuit(model, task, method="eap-ig")

@@ -132,7 +132,7 @@ def check_parity(plan: Plan) -> dict:
     cfg = plan.phi_config()
     with torch.device("meta"):
         ours = PhiModel(cfg)
-    ours.load_state_dict({k: v.clone() for k, v in from_hf(hf.state_dict(), cfg.n_layers).items()}, assign=True)
+    ours.load_state_dict({k: v.clone() for k, v in from_hf(hf.state_dict(), cfg).items()}, assign=True)
     ours.eval()
     toks = torch.randint(0, cfg.d_vocab, (2, min(256, plan.seq)), generator=torch.Generator().manual_seed(1))
     toks = toks.to(plan.device)

@@ -94,7 +94,7 @@ def write_recording(path, patterns_by_step, n_rep, period, extra_attrs=None):
     """A training recording of layer-0 patterns ``{step: [rows, head, pos, pos]}``: ``n_rep`` repeated rows
     (period ``period`` over ids [0, 64) after a BOS), then validation-text rows, with the trainer's attributes."""
     from workbench.store import RecordingWriter
-    from workbench.tasks import repeated_random_tokens
+    from workbench.analysis.tasks import repeated_random_tokens
     first = next(iter(patterns_by_step.values()))
     n_rows, heads, n = first.shape[0], first.shape[1], first.shape[-1]
     tokens = torch.cat([repeated_random_tokens(n_rep, period, vocab_size=64, bos_token_id=0),

@@ -14,7 +14,7 @@ from helpers import (UNIFORM_INDUCTION, ideal_induction, make_hf_phi, save_check
 from workbench.analysis.heads import (HeadTable, detect_heads, get_patterns, head_scores, scores_across_steps,
                                       scores_table, when_formed)
 from workbench.analysis.probe_task import ProbeTask
-from workbench.tasks import repeated_random_tokens
+from workbench.analysis.tasks import repeated_random_tokens
 
 
 def test_labels_from_ideal_patterns():

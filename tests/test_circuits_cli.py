@@ -10,7 +10,7 @@ import torch
 from helpers import assert_one_line_error, cli
 from workbench.analysis.circuits import Graph, circuits_across_steps, edge_attribution, find_circuit, list_checkpoints
 from workbench.errors import InputError
-from workbench.tasks import induction_task
+from workbench.analysis.tasks import induction_task
 
 from test_circuits_eap import random_model
 

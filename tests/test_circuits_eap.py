@@ -233,7 +233,7 @@ def test_float32_model_scores_match_float64(model):
 
 def test_find_circuit_with_mean_ablation_and_greedy_selection(model):
     from workbench.analysis.circuits import find_circuit
-    from workbench.tasks import CircuitTask
+    from workbench.analysis.tasks import CircuitTask
     clean, corrupted, metric = task(model)
     t = CircuitTask("random", clean, corrupted, metric, "mean log-prob of fixed targets", "random prompts")
     g = find_circuit(model, t, method="eap", selection="greedy", ablation="mean", check=3, n_edges=12)

@@ -14,7 +14,7 @@ import torch
 from workbench.analysis.circuits import find_circuit
 from workbench.analysis.heads import detect_heads
 from workbench.model import PhiConfig, PhiModel
-from workbench.tasks import induction_task, repeated_random_tokens
+from workbench.analysis.tasks import induction_task, repeated_random_tokens
 
 ALPHABET, LENGTH = 24, 24
 

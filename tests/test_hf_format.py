@@ -24,7 +24,7 @@ from workbench.errors import DamagedFileError, InputError, MissingFileError, Use
 from workbench.model import PhiConfig, PhiModel
 from workbench.model.hf_format import load_pretrained
 from workbench.model.meta_init import meta_device
-from workbench.model.weight_map import hf_shapes, to_hf
+from workbench.model.weight_map import from_hf, hf_shapes, to_hf
 
 TOKENS = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(3))
 FORMATS = ["safetensors", "sharded", "bin", "bin-sharded"]
@@ -89,6 +89,18 @@ def test_the_shape_table_matches_the_model(tiny_hf):
             meta = PhiModel(cfg)
         assert {k: tuple(v.shape) for k, v in to_hf(meta.state_dict(), cfg.n_layers).items()} == hf_shapes(cfg)
     assert set(hf_shapes(PhiConfig.from_name("tiny"))) == {k for k in tiny_hf.state_dict()}
+
+
+@torch.no_grad()
+def test_an_in_memory_transformers_model_converts_exactly(tiny_hf):
+    cfg = PhiConfig.from_hf(tiny_hf.config.to_dict())
+    model = PhiModel(cfg)
+    model.load_state_dict(from_hf(tiny_hf.state_dict(), cfg))
+    torch.testing.assert_close(model(TOKENS), tiny_hf(TOKENS).logits, atol=1e-5, rtol=0)
+    back = to_hf(model.state_dict(), cfg.n_layers)
+    assert all(torch.equal(back[k], v) for k, v in tiny_hf.state_dict().items())
+    with pytest.raises(ValueError, match="shape"):
+        from_hf(tiny_hf.state_dict(), PhiConfig.from_name("small"))
 
 
 # -- one copy of the weights ----------------------------------------------------------------------

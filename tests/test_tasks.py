@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from workbench.tasks import repeated_random_tokens
+from workbench.analysis.tasks import repeated_random_tokens
 
 
 def test_repeated_random_tokens_shape_and_repeats():
@@ -31,7 +31,7 @@ def test_repeated_random_tokens_bad_input():
 
 
 # -- IOI ------------------------------------------------------------------------------------------
-from workbench.tasks import (CODE_CLASSES, IOI_TEMPLATES, NAMES, OBJECTS, PLACES, char_labels, ioi_prompts,
+from workbench.analysis.tasks import (CODE_CLASSES, IOI_TEMPLATES, NAMES, OBJECTS, PLACES, char_labels, ioi_prompts,
                              python_probe_set, single_token_names)
 
 

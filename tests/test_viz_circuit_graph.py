@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from workbench.analysis.circuits import find_circuit
-from workbench.tasks import induction_task
+from workbench.analysis.tasks import induction_task
 from workbench.viz import circuit_graph
 
 from test_circuits_eap import random_model

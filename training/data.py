@@ -18,7 +18,7 @@ import torch
 
 from workbench.errors import DamagedFileError, InputError, MissingFileError
 from workbench.model import Tokenizer
-from workbench.tasks import repeated_random_tokens
+from workbench.analysis.tasks import repeated_random_tokens
 
 from .config import DataSection
 from .corpus import MEMMAP_SUFFIXES, Corpus, load_corpus
@@ -179,7 +179,7 @@ class Batches:
 
     A global batch is ``[batch_size, seq_len + 1]`` token ids (inputs and the
     shifted targets in one row); ``synthetic_fraction`` of its rows are
-    repeated random-token sequences (``workbench.tasks.repeated_random_tokens``),
+    repeated random-token sequences (``workbench.analysis.tasks.repeated_random_tokens``),
     the rest windows of the training stream, in a random order.
     """
 

@@ -27,7 +27,7 @@ from workbench.errors import InputError
 from workbench.store import RecordingWriter
 from workbench.store import format as fmt
 from workbench.store.capture import Capture
-from workbench.tasks import repeated_random_tokens
+from workbench.analysis.tasks import repeated_random_tokens
 
 from .config import TrainConfig
 from .data import TokenData, synthetic_vocab

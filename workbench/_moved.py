@@ -19,6 +19,7 @@ MOVED = {
     "workbench.analysis_demo": "workbench.analysis.cache_summary",
     "workbench.training.checkpoint": "workbench.training.run_state",
     "workbench.store.probe": "workbench.store.dataset",
+    "workbench.tasks": "workbench.analysis.tasks",
 }
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..run_files import CONFIG_FILE, read_run_config
-from ..tasks import repeated_random_tokens
+from .tasks import repeated_random_tokens
 
 DEFAULT_PERIOD = 20
 

@@ -80,8 +80,7 @@ def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out
 
     from workbench import PhiModel
     from workbench.analysis.circuits import find_circuit
-    from workbench.tasks import circuit_task
-    from workbench.viz import circuit_graph
+    from workbench.analysis.tasks import circuit_task
 
     if not Path(model).exists() and "/" not in model:
         raise MissingFileError(f"{model} does not exist (a run folder, a checkpoint folder, or a hub id like org/name)")
@@ -110,16 +109,23 @@ def run_circuit(model: str, task: str = "induction", method: str = "eap-ig", out
             final.metadata["step"] = step
         graphs = [final]
     _summary(final)
+    _write(graphs, head_scores, json_out, out, title=f"{spec.name} circuit: {model}")
+
+
+def _write(graphs, head_scores, json_out: Optional[Path], out: Optional[Path], title: str) -> None:
+    """Write the graph(s) as JSON (one graph, or a list of one per step) and/or the HTML page."""
+    from workbench.viz import circuit_graph
+
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         if len(graphs) == 1:
-            final.to_json(json_out)
+            graphs[0].to_json(json_out)
         else:   # one graph per step: a JSON list of graphs (Graph.from_dict reads each)
             import json
             json_out.write_text(json.dumps([g.to_dict() for g in graphs], allow_nan=False) + "\n", encoding="utf-8")
         typer.echo(f"wrote   {json_out}")
     if out is not None:
-        circuit_graph(graphs, head_scores=head_scores).save(out, title=f"{spec.name} circuit: {model}")
+        circuit_graph(graphs, head_scores=head_scores).save(out, title=title)
         typer.echo(f"wrote   {out} (open it in a browser; it needs no network)")
     if out is None and json_out is None:
         typer.echo("(no --out or --json given: nothing written)")

@@ -93,3 +93,19 @@ def to_hf(state: Mapping[str, torch.Tensor], n_layers: int) -> dict[str, torch.T
             for p, t in zip(parts, state[name].chunk(3, dim=0)):
                 out[p.format(i=i)] = t.contiguous()
     return out
+
+
+def from_hf(state: Mapping[str, torch.Tensor], cfg: PhiConfig) -> dict[str, torch.Tensor]:
+    """Our state dict from HF tensors held in memory (e.g. ``PhiForCausalLM(...).state_dict()``).
+
+    q, k and v are concatenated into the fused projection; the other tensors are the
+    same objects under our names. Files are read by ``hf_format.read_state_dict``
+    (one copy of the weights); this is for a ``transformers`` model already loaded.
+    """
+    out = {}
+    for ours, shape, parts in load_plan(cfg):
+        out[ours] = state[parts[0]] if len(parts) == 1 else torch.cat([state[p] for p in parts], dim=0)
+        if tuple(out[ours].shape) != shape:
+            raise ValueError(f"{parts[0]} has shape {tuple(state[parts[0]].shape)}; this config needs {shape} "
+                             f"for {ours}")
+    return out

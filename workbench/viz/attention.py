@@ -157,26 +157,7 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
         return cache[hook][row], _strings(ids[row], tokenizer or source)
     from workbench.store.source import ActivationSource, StepSource
     if isinstance(source, (ActivationSource, StepSource)):  # a store, a recording or one step of it
-        if isinstance(source, StepSource):
-            if step is None:
-                raise ValueError(f"this store is a training recording: pass step=... "
-                                 f"(recorded steps: {source.steps[:6]}{' ...' if len(source.steps) > 6 else ''})")
-            source = source.at_step(step)
-        elif step is not None:
-            raise ValueError("step=... is for training recordings; this store holds no steps")
-        if hook not in source.hooks:
-            raise KeyError(f"the store has no {hook}; it holds {sorted(source.hooks)[:8]}. "
-                           "Cache it with --hooks 'blocks.*.attn.hook_pattern'")
-        n = len(source)
-        if not -n <= row < n:
-            raise IndexError(f"row {row} is out of range: the store has {n} complete rows")
-        row = row % n
-        pattern = source[hook][row:row + 1][0]
-        if tokens is None:
-            if getattr(source, "tokens", None) is None:
-                raise ValueError("this store view has no tokens: pass tokens=store.tokens[row]")
-            tokens = source.tokens[row:row + 1][0]
-        return pattern, _strings(tokens, tokenizer if tokenizer is not None else _store_tokenizer(source))
+        return _pattern_from_store(source, hook, row, tokens, tokenizer, step)
     if hasattr(source, "__getitem__") and hasattr(source, "__contains__"):  # a cache or a dict
         if hook not in source:
             raise KeyError(f"the cache has no {hook}: run_with_cache(..., names_filter='{hook}')")
@@ -190,6 +171,32 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
         return pattern, _strings(tokens, tokenizer or getattr(source, "model", None))
     raise TypeError(f"source must be a hooked model, an ActivationCache/dict or an ActivationStore, "
                     f"got {type(source).__name__}")
+
+
+def _pattern_from_store(source: Any, hook: str, row: int, tokens: Any, tokenizer: Any,
+                        step: Optional[int]) -> tuple[Any, list]:
+    """``layer_pattern`` of a cache file, a recording (``step`` required) or one step of a recording."""
+    from workbench.store.source import StepSource
+    if isinstance(source, StepSource):
+        if step is None:
+            raise ValueError(f"this store is a training recording: pass step=... "
+                             f"(recorded steps: {source.steps[:6]}{' ...' if len(source.steps) > 6 else ''})")
+        source = source.at_step(step)
+    elif step is not None:
+        raise ValueError("step=... is for training recordings; this store holds no steps")
+    if hook not in source.hooks:
+        raise KeyError(f"the store has no {hook}; it holds {sorted(source.hooks)[:8]}. "
+                       "Cache it with --hooks 'blocks.*.attn.hook_pattern'")
+    n = len(source)
+    if not -n <= row < n:
+        raise IndexError(f"row {row} is out of range: the store has {n} complete rows")
+    row = row % n
+    pattern = source[hook][row:row + 1][0]
+    if tokens is None:
+        if getattr(source, "tokens", None) is None:
+            raise ValueError("this store view has no tokens: pass tokens=store.tokens[row]")
+        tokens = source.tokens[row:row + 1][0]
+    return pattern, _strings(tokens, tokenizer if tokenizer is not None else _store_tokenizer(source))
 
 
 def layer_attention(source: Any, layer: int, tokens: Any = None, row: int = 0, tokenizer: Any = None,

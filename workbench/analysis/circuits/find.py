@@ -51,7 +51,7 @@ def find_circuit(model, task, method: str = "eap", steps: int = 5, n_edges: Opti
                  check: int = 20, curve: bool = True, sizes: Optional[Sequence[int]] = None,
                  ablation: str = "corrupted", reference: Optional[torch.Tensor] = None,
                  progress: Optional[Progress] = None) -> Graph:
-    """The circuit of ``task`` (a ``workbench.tasks.CircuitTask``) in ``model``.
+    """The circuit of ``task`` (a ``workbench.analysis.tasks.CircuitTask``) in ``model``.
 
     Args:
         method: ``"eap"``, ``"eap-ig"`` (``steps`` integration steps) or ``"exact"`` (every edge patched).
@@ -86,19 +86,7 @@ def find_circuit(model, task, method: str = "eap", steps: int = 5, n_edges: Opti
         graph, _ = scores_from_runs(model, clean_t, clean, corrupted, metric, method, steps,
                                     lambda: stages.step("scoring edges"))
     base = make_baseline(model, clean_t, corr_t, metric, ablation, reference, clean=clean, corrupted=corrupted)
-    if method == "exact":
-        names = [e.name for e in graph.edges()]
-        effects = exact_edge_effects(model, clean_t, corr_t, metric, names, baseline=_noising(base, corrupted),
-                                     progress=lambda n: stages.step("patching every edge", n))
-        for e, v in zip(graph.edges(), effects.tolist()):
-            graph.scores[e.writer, e.reader] = v
-            graph.exact[e.writer, e.reader] = v
-    elif check > 0:
-        top = graph.ranked()[:check]
-        effects = exact_edge_effects(model, clean_t, corr_t, metric, top, baseline=_noising(base, corrupted),
-                                     progress=lambda n: stages.step("exact patching of the top edges", n))
-        for (w, r), v in zip(top, effects.tolist()):
-            graph.exact[w, r] = v
+    _exact_effects(model, clean_t, corr_t, metric, graph, method, check, _noising(base, corrupted), stages)
     if curve:
         faithfulness_curve(model, clean_t, corr_t, metric, graph, sizes=sizes, selection=selection,
                            baseline=base, progress=lambda n: stages.step("faithfulness curve", n))
@@ -109,6 +97,24 @@ def find_circuit(model, task, method: str = "eap", steps: int = 5, n_edges: Opti
                            "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
                                      "name": getattr(cfg, "name", None)}})
     return graph
+
+
+def _exact_effects(model, clean_t, corr_t, metric, graph: Graph, method: str, check: int, baseline,
+                   stages: "_Stages") -> None:
+    """Fill ``graph.exact`` by exact edge patching: every edge for ``"exact"`` (its scores too), else the top ``check``."""
+    if method == "exact":
+        edges = list(graph.edges())
+        effects = exact_edge_effects(model, clean_t, corr_t, metric, [e.name for e in edges], baseline=baseline,
+                                     progress=lambda n: stages.step("patching every edge", n))
+        for e, v in zip(edges, effects.tolist()):
+            graph.scores[e.writer, e.reader] = v
+            graph.exact[e.writer, e.reader] = v
+    elif check > 0:
+        top = graph.ranked()[:check]
+        effects = exact_edge_effects(model, clean_t, corr_t, metric, top, baseline=baseline,
+                                     progress=lambda n: stages.step("exact patching of the top edges", n))
+        for (w, r), v in zip(top, effects.tolist()):
+            graph.exact[w, r] = v
 
 
 def _noising(base, corrupted):

@@ -12,9 +12,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from workbench.analysis.tasks import induction_task, run_induction_params
 from workbench.errors import InputError, MissingFileError
 from workbench.model import PhiModel
-from workbench.tasks import induction_task, run_induction_params
 
 from .find import find_circuit
 from .graph import Graph
@@ -71,7 +71,7 @@ def circuits_across_steps(run: Union[str, Path], task, steps: Optional[Sequence[
 
     Args:
         task: a ``CircuitTask``, or ``"induction"`` for the run's own induction probes
-            (``workbench.tasks.run_induction_params``).
+            (``workbench.analysis.tasks.run_induction_params``).
         steps: the steps to analyse (each must have a checkpoint); default all, or ``max_steps``
             of them spread over the run.
         ig_steps: EAP-IG's integration steps (``find_circuit``'s ``steps``; here ``steps`` are training steps).
@@ -81,7 +81,7 @@ def circuits_across_steps(run: Union[str, Path], task, steps: Optional[Sequence[
     chosen = pick_steps(run, steps, max_steps)
     if isinstance(task, str):
         if task != "induction":
-            raise InputError(f"task {task!r} is not built from a run; pass a CircuitTask (workbench.tasks) or 'induction'")
+            raise InputError(f"task {task!r} is not built from a run; pass a CircuitTask (workbench.analysis.tasks) or 'induction'")
         task = induction_task(**run_induction_params(run))
     graphs = []
     for i, (step, folder) in enumerate(chosen.items()):

@@ -354,7 +354,7 @@ def run_induction_params(run_dir) -> dict:
     ``probe_vocab_size``, else the training config's ``data.synthetic_vocab_size`` capped at the
     model's vocabulary) and its stored probe tokens (the BOS is their first column).
     """
-    # Imported here, not at the top: the store (h5py) adds ~0.4 s to `import workbench.tasks` (measured
+    # Imported here, not at the top: the store (h5py) adds ~0.4 s to `import workbench.analysis.tasks` (measured
     # with python -X importtime), which the prompt generators above do not need.
     from workbench.store import ActivationStore
     path = Path(run_dir) / "activations.h5"
