@@ -62,7 +62,8 @@ def _interrupt_behind(e: BaseException):
         seen.add(id(e))
         if isinstance(e, KeyboardInterrupt):
             return e
-        e = e.__cause__ or e.__context__
+        # ``raise typer.Exit(code) from None``: the command chose its exit code for that interrupt
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     return None
 
 

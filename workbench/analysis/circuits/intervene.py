@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..metrics import Metric
-from ..patching import batch_tokens
+from ..patch_runs import batch_tokens
 from .graph import Layout
 from .runs import Capture, head_outputs, metric_scalar, wide
 
