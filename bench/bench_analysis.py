@@ -26,43 +26,30 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # TL's sweep draws a progress bar per call
 import torch  # noqa: E402
 
-
-def _model(preset: str, seed: int = 0):
-    from workbench.model import PhiConfig, PhiModel
-    torch.manual_seed(seed)
-    return PhiModel(PhiConfig.from_name(preset)).eval()
+from common import random_model, random_prompts, timed  # noqa: E402
 
 
 def _inputs(model, batch: int, pos: int):
     from workbench.analysis.metrics import make_logit_diff_metric
-    g = torch.Generator().manual_seed(0)
-    v = model.cfg.d_vocab
-    clean = torch.randint(0, v, (batch, pos), generator=g)
-    corrupted = torch.randint(0, v, (batch, pos), generator=g)
-    answers = torch.randint(0, v, (batch, 2), generator=g)
+    clean, corrupted = random_prompts(model, batch, pos)
+    answers = torch.randint(0, model.cfg.d_vocab, (batch, 2), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         _, cache = model.run_with_cache(clean)
     return clean, corrupted, cache, make_logit_diff_metric(answers)
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def bench_patching(a) -> None:
     import transformer_lens.patching as tlp
 
     from workbench.analysis import patching as P
-    model = _model(a.preset)
+    model = random_model(a.preset)
     _, corrupted, cache, metric = _inputs(model, a.batch, a.pos)
     n_runs = model.cfg.n_layers * a.pos * model.cfg.n_heads
     ours_t, tl_t = [], []
     for r in range(a.repeats):           # interleaved A/B: both see the same background load
-        t1, ours = _timed(lambda: P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
+        t1, ours = timed(lambda: P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
         with torch.no_grad():
-            t2, theirs = _timed(lambda: tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
+            t2, theirs = timed(lambda: tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
         ours_t.append(t1)
         tl_t.append(t2)
         print(f"  repeat {r}: ours {t1:.3f} s  TL {t2:.3f} s  ratio {t1 / t2:.3f}", flush=True)
@@ -75,16 +62,16 @@ def bench_patching(a) -> None:
 
 def bench_attribution(a) -> None:
     from workbench.analysis import attribution as A
-    model = _model(a.preset)
+    model = random_model(a.preset)
     _, corrupted, cache, metric = _inputs(model, a.batch, a.pos)
     fwd_t, attr_t, all_t, clean_t = [], [], [], []
     for r in range(a.repeats):
         with torch.no_grad():
-            t0, _ = _timed(lambda: model(corrupted))
-        t1, _ = _timed(lambda: A.attr_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
-        t2, _ = _timed(lambda: A.attribution_patch_all(model, corrupted, cache, metric))
+            t0, _ = timed(lambda: model(corrupted))
+        t1, _ = timed(lambda: A.attr_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
+        t2, _ = timed(lambda: A.attribution_patch_all(model, corrupted, cache, metric))
         with torch.no_grad():
-            t3, _ = _timed(lambda: model.run_with_cache(corrupted, names_filter=lambda n: n.endswith("hook_z")))
+            t3, _ = timed(lambda: model.run_with_cache(corrupted, names_filter=lambda n: n.endswith("hook_z")))
         fwd_t.append(t0)
         attr_t.append(t1)
         all_t.append(t2)
@@ -104,10 +91,10 @@ def bench_attribution(a) -> None:
 def bench_probe(a) -> None:
     path = Path(a.path)
     if not path.exists() or a.rewrite:
-        t, _ = _timed(lambda: _write_store(path, a.gb))
+        t, _ = timed(lambda: _write_store(path, a.gb))
         print(f"  wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in {t:.1f} s", flush=True)
     cmd = [sys.executable, __file__, "probe-train", "--path", str(path), "--epochs", str(a.epochs)]
-    t, proc = _timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
+    t, proc = timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
     print(proc.stdout.strip())
     if proc.returncode:
         print(proc.stderr[-3000:])
@@ -145,7 +132,7 @@ def probe_train(a) -> None:
     from workbench.store import ActivationStore
     store = ActivationStore.open(a.path)
     labels = torch.cat([_labels(t) for t, _ in store.iter_batches([], batch_size=1024)])
-    t, res = _timed(lambda: train_probes(store, list(store.hooks), labels, epochs=a.epochs, batch_size=16))
+    t, res = timed(lambda: train_probes(store, list(store.hooks), labels, epochs=a.epochs, batch_size=16))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     for h, r in res.items():
         print(f"  {h}: val accuracy {r.val['accuracy']:.3f} over {r.val['n']} tokens, train loss per epoch "

@@ -36,19 +36,12 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
-
-def _model(preset: str, seed: int = 0):
-    from workbench.model import PhiConfig, PhiModel
-    torch.manual_seed(seed)
-    return PhiModel(PhiConfig.from_name(preset)).eval()
+from common import random_model, random_prompts, timed  # noqa: E402
 
 
 def _task(model, batch: int, pos: int):
     """Random clean/corrupted prompts; metric: mean logit difference of two tokens at the last position."""
-    g = torch.Generator().manual_seed(0)
-    v = model.cfg.d_vocab
-    clean = torch.randint(0, v, (batch, pos), generator=g)
-    corrupted = torch.randint(0, v, (batch, pos), generator=g)
+    clean, corrupted = random_prompts(model, batch, pos)
     a, b = 17, 101
 
     def metric(logits):
@@ -57,12 +50,6 @@ def _task(model, batch: int, pos: int):
     def metric_one(logits):
         return logits[0, -1, a] - logits[0, -1, b]
     return clean, corrupted, metric, metric_one
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def _load() -> str:
@@ -76,13 +63,13 @@ def _fwd_bwd(model, tokens, metric):
 
 def bench_eap(a) -> None:
     from workbench.analysis.circuits import edge_attribution
-    model = _model(a.preset)
+    model = random_model(a.preset)
     clean, corrupted, metric, _ = _task(model, a.batch, a.pos)
     base, eap, ig = [], [], []
     for r in range(a.repeats):           # interleaved: all three see the same background load
-        t0, _ = _timed(lambda: _fwd_bwd(model, clean, metric))
-        t1, g = _timed(lambda: edge_attribution(model, clean, corrupted, metric, method="eap"))
-        t2, _ = _timed(lambda: edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=a.ig_steps))
+        t0, _ = timed(lambda: _fwd_bwd(model, clean, metric))
+        t1, g = timed(lambda: edge_attribution(model, clean, corrupted, metric, method="eap"))
+        t2, _ = timed(lambda: edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=a.ig_steps))
         base.append(t0)
         eap.append(t1)
         ig.append(t2)
@@ -113,15 +100,15 @@ def bench_tl(a) -> None:
     import transformer_lens.tools.analysis.attribution_patching as ap
 
     from workbench.analysis.circuits import edge_attribution
-    model = _model(a.preset)
+    model = random_model(a.preset)
     bridge = model.to_transformer_lens()
     bridge.set_use_attn_result(True)
     bridge.set_use_split_qkv_input(True)
     clean, corrupted, metric, metric_one = _task(model, a.batch, a.pos)
     ours_t, tl_t = [], []
     for r in range(a.repeats):
-        t1, g = _timed(lambda: edge_attribution(model, corrupted, clean, metric))   # TL's orientation
-        t2, n = _timed(lambda: _tl_edges(ap, bridge, clean, corrupted, metric_one))
+        t1, g = timed(lambda: edge_attribution(model, corrupted, clean, metric))   # TL's orientation
+        t2, n = timed(lambda: _tl_edges(ap, bridge, clean, corrupted, metric_one))
         ours_t.append(t1)
         tl_t.append(t2)
         print(f"  repeat {r}: ours {t1:.3f} s ({g.n_edges} edges)  TL {t2:.3f} s ({n} edge x position scores)  "
@@ -134,15 +121,15 @@ def bench_tl(a) -> None:
 
 def bench_exact(a) -> None:
     from workbench.analysis.circuits import edge_attribution, exact_edge_effects
-    model = _model(a.preset)
+    model = random_model(a.preset)
     clean, corrupted, metric, _ = _task(model, a.batch, a.pos)
     graph = edge_attribution(model, clean, corrupted, metric)
     top = graph.ranked()[:a.edges]
     fwd, ex = [], []
     for r in range(a.repeats):
         with torch.no_grad():
-            t0, _ = _timed(lambda: model(clean))
-        t1, _ = _timed(lambda: exact_edge_effects(model, clean, corrupted, metric, top))
+            t0, _ = timed(lambda: model(clean))
+        t1, _ = timed(lambda: exact_edge_effects(model, clean, corrupted, metric, top))
         fwd.append(t0)
         ex.append(t1)
         print(f"  repeat {r}: forward {t0:.3f} s  exact patching of {len(top)} edges {t1:.3f} s "
@@ -166,7 +153,7 @@ def bench_memory(a) -> None:
 
 def _mem(a) -> None:
     from workbench.analysis.circuits import edge_attribution, exact_edge_effects
-    model = _model(a.preset)
+    model = random_model(a.preset)
     clean, corrupted, metric, _ = _task(model, a.batch, a.pos)
     with torch.no_grad():
         model(clean[:1, :2])
@@ -207,7 +194,7 @@ def bench_tasks(a) -> None:
     else:
         print(f"{run} has no recording: skipping the induction circuit (train it: workbench train --out {run})")
     from workbench.analysis.toy_ioi import TEMPLATE, train_ioi_model
-    t, (model, tok) = _timed(train_ioi_model)
+    t, (model, tok) = timed(train_ioi_model)
     task = ioi_task(tok, 16, seed=7, templates=TEMPLATE)
     g = find_circuit(model, task, method="eap-ig")
     kept = int(g.in_graph.sum())

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from workbench import PhiConfig, PhiModel
+from workbench.model.random_weights import randomize_norms_and_biases
 from workbench.model.weight_map import from_hf
 from workbench.training.config import TrainConfig
 from workbench.training.recorder import Recorder
@@ -117,13 +118,7 @@ def random_hf_model(plan: Plan):
     torch.manual_seed(0)
     with torch.device(plan.device):
         hf = PhiForCausalLM(hf_cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "layernorm" in name:
-                p.normal_(1.0, 0.1)
-    return hf
+    return randomize_norms_and_biases(hf)
 
 
 def check_parity(plan: Plan) -> dict:

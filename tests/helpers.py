@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from workbench.model.random_weights import randomize_norms_and_biases
+
 TEXT = ("def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n"
         "        self.x = x\n        self.y = y\n") * 20
 
@@ -24,14 +26,7 @@ def make_hf_phi(d_model: int = 160, n_heads: int = 2, n_layers: int = 2, partial
                     num_hidden_layers=n_layers, num_attention_heads=n_heads,
                     partial_rotary_factor=partial_rotary_factor, max_position_embeddings=n_ctx,
                     bos_token_id=0, eos_token_id=0)
-    hf = PhiForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "layernorm" in name:
-                p.normal_(1.0, 0.1)
-    return hf
+    return randomize_norms_and_biases(PhiForCausalLM(cfg).eval())
 
 
 def make_tokenizer(vocab: int = 512):

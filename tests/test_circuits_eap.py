@@ -19,6 +19,7 @@ from workbench.analysis.circuits.intervene import split_inputs
 from workbench.analysis.circuits.runs import capture, reader_gradients
 from workbench.analysis.path_patching import path_patch
 from workbench.model import PhiConfig, PhiModel
+from workbench.model.random_weights import randomize_norms_and_biases
 
 
 def random_model(n_layers: int = 3, n_heads: int = 2, d_model: int = 32, vocab: int = 48, seed: int = 0,
@@ -27,14 +28,7 @@ def random_model(n_layers: int = 3, n_heads: int = 2, d_model: int = 32, vocab: 
     torch.manual_seed(seed)
     cfg = PhiConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_mlp=2 * d_model, d_vocab=vocab,
                     n_ctx=64, partial_rotary_factor=0.5, initializer_range=0.3)
-    model = PhiModel(cfg).to(dtype).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.2)
-            elif "ln" in name:
-                p.normal_(1.0, 0.2)
-    return model
+    return randomize_norms_and_biases(PhiModel(cfg).to(dtype).eval(), bias_std=0.2, gain_std=0.2)
 
 
 def task(model, batch: int = 3, pos: int = 7, seed: int = 1):

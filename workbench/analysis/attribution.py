@@ -17,7 +17,7 @@ import torch
 from workbench.hooks import get_act_name
 
 from .metrics import Metric, metric_value
-from .patching import ACT_DIMS, _AXIS, check_inputs
+from .patch_runs import ACT_DIMS, _AXIS, check_inputs
 
 
 def attribution_scores(model, corrupted_tokens: torch.Tensor, clean_cache, patching_metric: Metric,

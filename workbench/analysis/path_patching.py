@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .metrics import Metric, metric_value
-from .patching import auto_chunk, check_inputs
+from .patch_runs import auto_chunk, check_inputs
 
 Head = tuple[int, int]
 

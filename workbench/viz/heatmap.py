@@ -9,12 +9,11 @@ scale symmetric in ``max |value - center|`` so that equal colours mean equal mag
 from __future__ import annotations
 
 import html
-from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .html import Figure, str_tokens, to_numpy
+from .html import SvgFigure, str_tokens, to_numpy
 
 BLUE, WHITE, RED = (33, 102, 172), (247, 247, 247), (178, 24, 43)
 AXIS_NAMES = {"layer": "layer", "head": "head", "pos": "position"}
@@ -32,7 +31,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-class Heatmap(Figure):
+class Heatmap(SvgFigure):
     """An SVG heatmap (see ``heatmap``); ``.values`` is the ``[rows, cols]`` array drawn."""
 
     def __init__(self, values: np.ndarray, x_labels: list[str], y_labels: list[str], x_label: str, y_label: str,
@@ -43,15 +42,6 @@ class Heatmap(Figure):
 
     def fragment(self) -> str:
         return '<div style="margin: 10px 0; overflow-x: auto;">' + self.svg() + "</div>\n"
-
-    def save(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
-        """A standalone HTML page, or the bare SVG when ``path`` ends in ``.svg``."""
-        path = Path(path)
-        if path.suffix.lower() != ".svg":
-            return super().save(path, title)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.svg(), encoding="utf-8")
-        return path
 
     def svg(self) -> str:
         rows, cols = self.values.shape

@@ -177,6 +177,22 @@ class Figure:
     # No __str__ override: print(fig) shows the repr, not 1.3 MB of page (use to_html() or save()).
 
 
+class SvgFigure(Figure):
+    """A figure drawn as one SVG document (``svg()``); ``save("x.svg")`` writes the bare SVG."""
+
+    def svg(self) -> str:
+        raise NotImplementedError
+
+    def save(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
+        """A standalone HTML page, or the bare SVG when ``path`` ends in ``.svg``."""
+        path = Path(path)
+        if path.suffix.lower() != ".svg":
+            return super().save(path, title)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.svg(), encoding="utf-8")
+        return path
+
+
 PLACEHOLDER = ("[interactive circuitsvis figure: it shows when its script runs; in Jupyter, run the cell "
                "or trust the notebook (jupyter trust NOTEBOOK.ipynb)]")
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..run_files import read_metrics
-from .html import Figure, to_numpy
+from .html import SvgFigure, to_numpy
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 Series = Union[Sequence[float], Any, tuple[Any, Any]]
@@ -31,7 +31,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.2e}"
 
 
-class LineChart(Figure):
+class LineChart(SvgFigure):
     """An SVG line chart (see ``line_chart``); ``.series`` holds the plotted ``(x, y)`` arrays."""
 
     def __init__(self, series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, x_label: str,
@@ -54,15 +54,6 @@ class LineChart(Figure):
         data = base64.b64encode(self.svg().encode("utf-8")).decode("ascii")
         return (f'<div style="margin: 10px 0;"><img src="data:image/svg+xml;base64,{data}" '
                 f'alt="{html.escape(self.title or "chart")}" width="{self.width}" height="{self.height}"/></div>')
-
-    def save(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
-        """A standalone HTML page, or the bare SVG when ``path`` ends in ``.svg``."""
-        path = Path(path)
-        if path.suffix.lower() != ".svg":
-            return super().save(path, title)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.svg(), encoding="utf-8")
-        return path
 
     def svg(self) -> str:
         """The chart as a standalone SVG document (no script, no external reference)."""
