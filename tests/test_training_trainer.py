@@ -179,3 +179,15 @@ def test_old_name_of_enable_recompute_activations_warns_and_works():
     with pytest.warns(FutureWarning, match="renamed enable_recompute_activations"):
         enable_activation_checkpointing(model)
     assert model.blocks[0].forward is not plain
+
+
+def test_saving_leaves_the_live_models_config_alone(tmp_path):
+    """Checkpoints are written from a clone built on the meta device: the live model keeps its cfg and device."""
+    from workbench.training.trainer import Trainer
+    trainer = Trainer(_tiny(schedule__max_steps=2), tmp_path / "run", progress=False)
+    cfg = trainer.model.cfg
+    trainer.save()
+    assert trainer.model.cfg is cfg and cfg.device == "cpu"
+    assert all(p.device.type == "cpu" for p in trainer.model.parameters())
+    clone = trainer._full_model()
+    assert clone.cfg is not cfg and clone.cfg.device == "meta" and cfg.device == "cpu"

@@ -97,7 +97,7 @@ class SystemSection:
     recompute_activations: bool = False  # recompute each block's activations in the backward instead of
                                          # storing them (less memory, ~1/3 more compute; "activation checkpointing")
     parallel: str = "ddp"              # under torchrun: ddp (replicated) or fsdp (sharded, FSDP2)
-    num_threads: int = 0               # CPU threads for torch (0: torch's default; 1 is fastest for small models)
+    num_threads: int = 0               # CPU threads for torch (0: workbench.threads' policy, cores - 1, at least 1)
 
 
 @dataclass
@@ -289,7 +289,7 @@ def validate(cfg: TrainConfig) -> None:
     need(sy.precision in ("auto", "fp32", "bf16", "fp16"),
          f"system.precision must be auto, fp32, bf16 or fp16, got {sy.precision!r}")
     need(sy.parallel in ("ddp", "fsdp"), f"system.parallel must be ddp or fsdp, got {sy.parallel!r}")
-    need(sy.num_threads >= 0, f"system.num_threads must be >= 0 (0: torch's default), got {sy.num_threads}")
+    need(sy.num_threads >= 0, f"system.num_threads must be >= 0 (0: one per core less one), got {sy.num_threads}")
     need(r.dtype in ("float16", "bfloat16", "float32"),
          f"record.dtype must be float16, bfloat16 or float32, got {r.dtype!r}")
     need(r.every >= 0, f"record.every must be >= 0 (0: log-spaced steps only), got {r.every}")

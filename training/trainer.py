@@ -28,6 +28,8 @@ from torch.utils.checkpoint import checkpoint as recompute
 
 from workbench.errors import DiskFullError, InputError, UserError
 from workbench.model import PhiConfig, PhiModel
+from workbench.model.meta_init import meta_device
+from workbench.threads import use_threads
 
 from . import distributed as dist_
 from . import run_folder
@@ -131,8 +133,8 @@ class Trainer:
         self.log = log or (lambda _msg: None)
         self.dist = dist_.init_distributed(cfg.system.device)
         self.device = dist_.pick_device(cfg.system.device, self.dist.local_rank)
-        if cfg.system.num_threads and self.device.type == "cpu":
-            torch.set_num_threads(cfg.system.num_threads)
+        if self.device.type == "cpu":   # 0: the workbench's one thread policy (workbench.threads)
+            use_threads(cfg.system.num_threads or None)
         self.stopped: Optional[Stopped] = None
         self._stop_signal: Optional[int] = None
         self.saved_step: Optional[int] = None   # the newest full checkpoint's step
@@ -314,7 +316,7 @@ class Trainer:
         full = dist_.full_state_dict(self.wrapped, self.dist, self.cfg.system.parallel)
         if not self.dist.is_main:
             return None
-        with torch.device("meta"):
+        with meta_device():   # no random init of the clone (torch.device("meta") alone imports sympy, ~2 s)
             clone = PhiModel(self.model.cfg, tokenizer=self.data.tokenizer)
         clone.load_state_dict(full, assign=True)
         return clone
