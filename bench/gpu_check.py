@@ -11,7 +11,7 @@ failure is written into the results and the next section still runs.
 * recording cost during training: a step, then 4 hooks / every residual recorded on the probe
   set, every step, interleaved, median ratio to the step without;
 * ``workbench cache`` throughput vs a forward-only loop over the same rows;
-* the circuit EAP time: a marked placeholder until the circuits API lands (no number invented).
+* the circuit EAP time over every edge vs one forward + backward, and its peak memory.
 
 ``--dry-run``: the same code on a tiny config on CPU (compile with the "eager" backend), in
 seconds; the tests run it.
@@ -298,10 +298,37 @@ def measure_cache(plan: Plan, folder: Path) -> dict:
             "cache_vs_forward": round(cache_tps / fwd_tps, 3) if cache_tps else None}
 
 
-def eap_placeholder(plan: Plan) -> dict:
-    return {"measured": False,
-            "note": "TO ADD: EAP over all edges at the phi-2 config (time vs one forward + backward, peak memory) "
-                    "once the circuits API (workbench.analysis.circuits) lands; no number is filled in until then"}
+def measure_eap(plan: Plan) -> dict:
+    """EAP over every edge at the plan's config (fp32 weights), against one clean forward + backward."""
+    from workbench.analysis.circuits import edge_attribution
+    cfg = plan.phi_config()
+    torch.manual_seed(0)
+    with torch.device(plan.device):
+        model = PhiModel(cfg).eval()
+    batch, pos = (4, 128) if not plan.dry_run else (2, 16)
+    g = torch.Generator().manual_seed(0)
+    clean, corrupted = (torch.randint(0, cfg.d_vocab, (batch, pos), generator=g).to(plan.device) for _ in range(2))
+    a, b = 17, 101
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, -1, a] - logits[:, -1, b]).mean()
+
+    def fwd_bwd() -> None:
+        model.zero_grad(set_to_none=True)
+        metric(model(clean)).backward()
+
+    graph = edge_attribution(model, clean, corrupted, metric)     # warm-up
+    _peak_mem(plan)
+    eap_s = timed_steps(lambda: edge_attribution(model, clean, corrupted, metric), plan.steps, plan.device)
+    eap_mem = _peak_mem(plan)
+    base_s = timed_steps(fwd_bwd, plan.steps, plan.device)
+    base_mem = _peak_mem(plan)
+    model.zero_grad(set_to_none=True)
+    del model
+    return {"measured": True, "edges": graph.n_edges, "batch": batch, "pos": pos,
+            "eap_s": round(statistics.median(eap_s), 4), "fwd_bwd_s": round(statistics.median(base_s), 4),
+            "eap_vs_fwd_bwd": round(statistics.median(eap_s) / statistics.median(base_s), 3),
+            "peak_gib_eap": eap_mem, "peak_gib_fwd_bwd": base_mem}
 
 
 # -- running and reporting -------------------------------------------------------------------------
@@ -324,7 +351,7 @@ def run_sections(plan: Plan, folder: Path) -> dict:
         ("forward_compiled", lambda: measure_forward(plan, folder, compile_=True)),
         ("recording", lambda: measure_recording(plan, folder)),
         ("cache", lambda: measure_cache(plan, folder)),
-        ("eap", lambda: eap_placeholder(plan)),
+        ("eap", lambda: measure_eap(plan)),
     ]
     results: dict[str, Any] = {"env": env_info(plan), "plan": asdict(plan), "goals": GOALS}
     for name, fn in sections:
@@ -398,7 +425,15 @@ def to_markdown(r: dict) -> str:
                   f"{c['cache_wall_s_incl_start_and_load']} s)"]
     else:
         lines.append(f"- {c.get('error') or c.get('skipped')}")
-    lines += ["", "## Circuit EAP at the phi-2 config", "", "NOT MEASURED: " + r.get("eap", {}).get("note", ""), ""]
+    e = r.get("eap", {})
+    lines += ["", "## Circuit EAP at the phi-2 config", ""]
+    if e.get("measured"):
+        lines += [f"- EAP over all {e['edges']:,} edges, batch {e['batch']} x {e['pos']} tokens: {e['eap_s']} s, "
+                  f"{e['eap_vs_fwd_bwd']}x one clean forward + backward ({e['fwd_bwd_s']} s); "
+                  f"peak {_fmt(e['peak_gib_eap'])} GiB (forward + backward: {_fmt(e['peak_gib_fwd_bwd'])} GiB)"]
+    else:
+        lines.append(f"- {e.get('error') or e.get('skipped')}")
+    lines.append("")
     return "\n".join(lines)
 
 
