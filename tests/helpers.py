@@ -178,3 +178,16 @@ def finish(proc, timeout: float = 300):
     out, _ = proc.communicate(timeout=timeout)
     proc.err_file.seek(0)
     return proc.returncode, out, proc.err_file.read()
+
+
+def tiny_config_file(folder: Path, name: str = "tiny.toml", **overrides) -> Path:
+    """The tiny training config with ``overrides``, written to ``folder/name``, using a BPE trained once
+    into ``folder/tokenizer.json`` (training the BPE is the slow part of a tiny run)."""
+    from workbench.training.config import load_config
+    from workbench.training.data import build_data
+    tok = folder / "tokenizer.json"
+    if not tok.exists():
+        build_data(load_config("tiny").data, None).tokenizer.save(tok)
+    path = folder / name
+    path.write_text(load_config("tiny").override(data__tokenizer=str(tok), **overrides).to_toml())
+    return path

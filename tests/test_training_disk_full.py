@@ -12,22 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_one_line_error, cli
+from helpers import assert_one_line_error, cli, tiny_config_file
 from workbench.errors import DiskFullError
 from workbench.training import run_state
-from workbench.training.config import load_config
 from workbench.training.files import is_disk_full
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    from workbench.training.data import build_data
-    folder = tmp_path_factory.mktemp("cfg")
-    tok = folder / "tokenizer.json"
-    build_data(load_config("tiny").data, None).tokenizer.save(tok)
-    path = folder / "tiny.toml"
-    path.write_text(load_config("tiny").override(schedule__max_steps=15, data__tokenizer=str(tok)).to_toml())
-    return path
+    return tiny_config_file(tmp_path_factory.mktemp("cfg"), schedule__max_steps=15)
 
 
 def _torch_save_on_a_full_disk(obj, path, *a, **k):

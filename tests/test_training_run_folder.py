@@ -14,8 +14,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from helpers import assert_one_line_error, cli
-from workbench.training.config import load_config
+from helpers import assert_one_line_error, cli, tiny_config_file
 
 RECORDED = [0, 1, 2, 4, 5, 8, 10]
 
@@ -35,14 +34,7 @@ def _recorded(run: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    """The tiny config with a shared tokenizer (training a BPE is the slow part of a tiny run)."""
-    from workbench.training.data import build_data
-    folder = tmp_path_factory.mktemp("cfg")
-    tok = folder / "tokenizer.json"
-    build_data(load_config("tiny").data, None).tokenizer.save(tok)
-    path = folder / "tiny.toml"
-    path.write_text(load_config("tiny").override(schedule__max_steps=10, data__tokenizer=str(tok)).to_toml())
-    return path
+    return tiny_config_file(tmp_path_factory.mktemp("cfg"), schedule__max_steps=10)
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,16 @@ from pathlib import Path
 import h5py
 import pytest
 
-from workbench.training.config import load_config
+from helpers import tiny_config_file
 
 LONG = 100_000
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    from workbench.training.data import build_data
-    folder = tmp_path_factory.mktemp("cfg")
-    tok = folder / "tokenizer.json"
-    build_data(load_config("tiny").data, None).tokenizer.save(tok)
-    path = folder / "long.toml"
     # Recorded only at the log-spaced steps, checkpoints only at the end (or at a stop).
-    path.write_text(load_config("tiny").override(schedule__max_steps=LONG, data__tokenizer=str(tok),
-                                                 record__every=0, checkpoint__every=0).to_toml())
-    return path
+    return tiny_config_file(tmp_path_factory.mktemp("cfg"), "long.toml", schedule__max_steps=LONG,
+                            record__every=0, checkpoint__every=0)
 
 
 def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
