@@ -55,12 +55,7 @@ class Heatmap(SvgFigure):
         w, h = left + cols * cw + legend_w, top + rows * ch + bottom
         w = max(w, int(7.5 * len(self.title)) + 20)         # room for the title
         span = float(np.max(np.abs(self.values - self.center))) or 1.0
-        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-               'font-family="sans-serif" font-size="11" class="workbench-heatmap">',
-               f'<rect width="{w}" height="{h}" fill="white"/>']
-        if self.title:
-            out.append(f'<text x="{w / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
-                       f'font-weight="bold">{html.escape(self.title)}</text>')
+        out = self.svg_head(w, h, "workbench-heatmap", self.title, font_size=11, title_size=14)
         for i in range(rows):
             for j in range(cols):
                 v = float(self.values[i, j])

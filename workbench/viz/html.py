@@ -183,6 +183,18 @@ class SvgFigure(Figure):
     def svg(self) -> str:
         raise NotImplementedError
 
+    @staticmethod
+    def svg_head(width: int, height: int, css_class: str, title: str = "", font_size: int = 12,
+                 title_size: int = 14) -> list[str]:
+        """The opening ``<svg>`` tag (``width`` x ``height`` px), a white background and the centred title."""
+        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+               f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="{font_size}" class="{css_class}">',
+               f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>']
+        if title:
+            out.append(f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" font-size="{title_size}" '
+                       f'font-weight="bold">{html.escape(title)}</text>')
+        return out
+
     def save(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
         """A standalone HTML page, or the bare SVG when ``path`` ends in ``.svg``."""
         path = Path(path)

@@ -59,12 +59,7 @@ class LineChart(SvgFigure):
         """The chart as a standalone SVG document (no script, no external reference)."""
         frame = _Frame(self)
         w, h = self.width, self.height
-        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-               'font-family="sans-serif" font-size="12" class="workbench-chart">',
-               f'<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>']
-        if self.title:
-            out.append(f'<text x="{w / 2:.1f}" y="20" text-anchor="middle" font-size="15" '
-                       f'font-weight="bold">{html.escape(self.title)}</text>')
+        out = self.svg_head(w, h, "workbench-chart", self.title, font_size=12, title_size=15)
         out += self._axes(frame)
         colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(self.series)}
         # dashed series (e.g. "best head") are drawn last, so the curve they trace stays visible under them
