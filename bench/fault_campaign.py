@@ -57,9 +57,15 @@ def stores_equal(a: Path, b: Path) -> bool:
 
 
 # -- kills -------------------------------------------------------------------------------------------
-def kill_campaign(d: Path, model: Path, kills: int, rng: random.Random) -> dict:
+def write_ids(d: Path) -> Path:
+    """The token ids both campaigns cache: 600 rows of 32 random ids below 512."""
     ids = d / "ids.npy"
     np.save(ids, np.random.default_rng(0).integers(0, 512, size=(600, 32)))
+    return ids
+
+
+def kill_campaign(d: Path, model: Path, kills: int, rng: random.Random) -> dict:
+    ids = write_ids(d)
     base = ["cache", model, "-i", ids, *HOOKS, "--batch-size", 8, "--dtype", "bfloat16"]
     ref = d / "reference.h5"
     t = time.monotonic()
@@ -100,7 +106,7 @@ def kill_campaign(d: Path, model: Path, kills: int, rng: random.Random) -> dict:
 # -- bad inputs ----------------------------------------------------------------------------------------
 def bad_inputs(d: Path, model: Path) -> list[tuple[str, str, list, bool]]:
     """``(area, what, args, should_work)`` for each invocation."""
-    ids = d / "ids.npy"
+    ids = write_ids(d)
     txt = d / "docs.txt"
     txt.write_text("def f(x):\n    return x\n" * 200)
     files = _input_files(d)
@@ -198,6 +204,8 @@ def _store_cases(d: Path, model: Path, ids: Path, out: Path) -> list:
     p = subprocess.Popen([*CLI, "cache", str(model), "-i", str(ids), "-k", "blocks.0.hook_resid_post", "-o",
                           str(killed), "--flush-seconds", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     while not (killed.exists() and _rows(killed) >= 64):
+        if p.poll() is not None:
+            raise SystemExit(f"the run to be killed ended first (exit {p.returncode}): {' '.join(map(str, p.args))}")
         time.sleep(0.05)
     p.kill()
     p.wait()
