@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from workbench.model import PhiConfig
+from workbench.model.hf_format import shard_groups
 from workbench.model.weight_map import hf_shapes
 
 GIB = 1 << 30
@@ -68,16 +69,9 @@ def _write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], gen: torc
 
 
 def _shards(shapes: dict[str, tuple[int, ...]]) -> list[dict[str, tuple[int, ...]]]:
-    out: list[dict] = [{}]
-    size = 0
-    for name, shape in shapes.items():
-        n = math.prod(shape) * 2
-        if out[-1] and size + n > SHARD_BYTES:
-            out.append({})
-            size = 0
-        out[-1][name] = shape
-        size += n
-    return out
+    """The tensors (bf16) of each shard, cut as ``save_pretrained`` cuts them."""
+    groups = shard_groups({name: math.prod(shape) * 2 for name, shape in shapes.items()}, SHARD_BYTES)
+    return [{name: shapes[name] for name in group} for group in groups]
 
 
 def write_checkpoints(root: Path, preset: str, layouts: list[str]) -> dict[str, Path]:

@@ -241,19 +241,22 @@ def save_pretrained(model: torch.nn.Module, directory: Union[str, Path], max_sha
     _atomic(directory / "config.json", lambda p: Path(p).write_text(json.dumps(hf_cfg, indent=2)))
 
 
-def _shard(tensors: dict[str, torch.Tensor], max_size: Optional[int]) -> list[dict[str, torch.Tensor]]:
-    if not max_size:
-        return [tensors]
-    shards: list[dict[str, torch.Tensor]] = [{}]
+def shard_groups(sizes: dict[str, int], max_size: Optional[int]) -> list[list[str]]:
+    """Names in order, cut into groups of at most ``max_size`` bytes (a larger tensor gets a group of its own)."""
+    groups: list[list[str]] = [[]]
     size = 0
-    for k, t in tensors.items():
-        n = t.numel() * t.element_size()
-        if shards[-1] and size + n > max_size:
-            shards.append({})
+    for name, n in sizes.items():
+        if max_size and groups[-1] and size + n > max_size:
+            groups.append([])
             size = 0
-        shards[-1][k] = t
+        groups[-1].append(name)
         size += n
-    return shards
+    return groups
+
+
+def _shard(tensors: dict[str, torch.Tensor], max_size: Optional[int]) -> list[dict[str, torch.Tensor]]:
+    sizes = {k: t.numel() * t.element_size() for k, t in tensors.items()}
+    return [{k: tensors[k] for k in group} for group in shard_groups(sizes, max_size)]
 
 
 def _atomic(final: Path, write) -> None:
