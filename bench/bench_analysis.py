@@ -26,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # TL's sweep draws a progress bar per call
 import torch  # noqa: E402
 
-from common import random_model, random_prompts, timed  # noqa: E402
+from common import interleaved, random_model, random_prompts, timed  # noqa: E402
 
 
 def _inputs(model, batch: int, pos: int):
@@ -45,15 +45,13 @@ def bench_patching(a) -> None:
     model = random_model(a.preset)
     _, corrupted, cache, metric = _inputs(model, a.batch, a.pos)
     n_runs = model.cfg.n_layers * a.pos * model.cfg.n_heads
-    ours_t, tl_t = [], []
-    for r in range(a.repeats):           # interleaved A/B: both see the same background load
-        t1, ours = timed(lambda: P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
+    def theirs() -> torch.Tensor:
         with torch.no_grad():
-            t2, theirs = timed(lambda: tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
-        ours_t.append(t1)
-        tl_t.append(t2)
-        print(f"  repeat {r}: ours {t1:.3f} s  TL {t2:.3f} s  ratio {t1 / t2:.3f}", flush=True)
-    diff = (ours - theirs.float()).abs().max().item()
+            return tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric)
+    t, last = interleaved({"ours": lambda: P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric),
+                           "TL": theirs}, a.repeats)
+    ours_t, tl_t = t["ours"], t["TL"]
+    diff = (last["ours"] - last["TL"].float()).abs().max().item()
     ratios = [o / t for o, t in zip(ours_t, tl_t)]
     print(f"patching sweep, preset {a.preset}, batch {a.batch} x pos {a.pos}, {n_runs} patched runs:")
     print(f"  ours median {statistics.median(ours_t):.3f} s, TL median {statistics.median(tl_t):.3f} s, "
@@ -64,20 +62,18 @@ def bench_attribution(a) -> None:
     from workbench.analysis import attribution as A
     model = random_model(a.preset)
     _, corrupted, cache, metric = _inputs(model, a.batch, a.pos)
-    fwd_t, attr_t, all_t, clean_t = [], [], [], []
-    for r in range(a.repeats):
+    def forward() -> None:
         with torch.no_grad():
-            t0, _ = timed(lambda: model(corrupted))
-        t1, _ = timed(lambda: A.attr_patch_attn_head_out_by_pos(model, corrupted, cache, metric))
-        t2, _ = timed(lambda: A.attribution_patch_all(model, corrupted, cache, metric))
+            model(corrupted)
+
+    def clean_cache() -> None:
         with torch.no_grad():
-            t3, _ = timed(lambda: model.run_with_cache(corrupted, names_filter=lambda n: n.endswith("hook_z")))
-        fwd_t.append(t0)
-        attr_t.append(t1)
-        all_t.append(t2)
-        clean_t.append(t3)
-        print(f"  repeat {r}: forward {t0:.3f} s  attr heads {t1:.3f} s  attr all {t2:.3f} s  "
-              f"clean cache run {t3:.3f} s", flush=True)
+            model.run_with_cache(corrupted, names_filter=lambda n: n.endswith("hook_z"))
+    t, _ = interleaved({"forward": forward,
+                        "attr heads": lambda: A.attr_patch_attn_head_out_by_pos(model, corrupted, cache, metric),
+                        "attr all": lambda: A.attribution_patch_all(model, corrupted, cache, metric),
+                        "clean cache run": clean_cache}, a.repeats)
+    fwd_t, attr_t, all_t, clean_t = t["forward"], t["attr heads"], t["attr all"], t["clean cache run"]
     med = statistics.median
     heads = med([t / f for t, f in zip(attr_t, fwd_t)])
     every = med([t / f for t, f in zip(all_t, fwd_t)])

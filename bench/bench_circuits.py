@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
-from common import random_model, random_prompts, timed  # noqa: E402
+from common import interleaved, median_ratio, random_model, random_prompts, timed  # noqa: E402
 
 
 def _task(model, batch: int, pos: int):
@@ -65,20 +65,16 @@ def bench_eap(a) -> None:
     from workbench.analysis.circuits import edge_attribution
     model = random_model(a.preset)
     clean, corrupted, metric, _ = _task(model, a.batch, a.pos)
-    base, eap, ig = [], [], []
-    for r in range(a.repeats):           # interleaved: all three see the same background load
-        t0, _ = timed(lambda: _fwd_bwd(model, clean, metric))
-        t1, g = timed(lambda: edge_attribution(model, clean, corrupted, metric, method="eap"))
-        t2, _ = timed(lambda: edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=a.ig_steps))
-        base.append(t0)
-        eap.append(t1)
-        ig.append(t2)
-        print(f"  repeat {r}: forward+backward {t0:.3f} s  EAP {t1:.3f} s ({t1 / t0:.2f}x)  "
-              f"EAP-IG({a.ig_steps}) {t2:.3f} s ({t2 / t0:.2f}x)", flush=True)
+    t, last = interleaved({"forward+backward": lambda: _fwd_bwd(model, clean, metric),
+                           "EAP": lambda: edge_attribution(model, clean, corrupted, metric, method="eap"),
+                           f"EAP-IG({a.ig_steps})": lambda: edge_attribution(model, clean, corrupted, metric,
+                                                                            method="eap-ig", steps=a.ig_steps)},
+                          a.repeats)
+    base, g = t["forward+backward"], last["EAP"]
     med = statistics.median
     print(f"EAP, preset {a.preset}, batch {a.batch} x pos {a.pos}, {g.n_edges} edges; {_load()}:")
-    print(f"  forward+backward median {med(base):.3f} s; EAP {med([e / b for e, b in zip(eap, base)]):.2f}x "
-          f"(goal <= 3.0); EAP-IG with {a.ig_steps} steps {med([e / b for e, b in zip(ig, base)]):.2f}x "
+    print(f"  forward+backward median {med(base):.3f} s; EAP {median_ratio(t['EAP'], base):.2f}x "
+          f"(goal <= 3.0); EAP-IG with {a.ig_steps} steps {median_ratio(t[f'EAP-IG({a.ig_steps})'], base):.2f}x "
           f"(goal <= {a.ig_steps + 2})")
 
 
@@ -105,18 +101,19 @@ def bench_tl(a) -> None:
     bridge.set_use_attn_result(True)
     bridge.set_use_split_qkv_input(True)
     clean, corrupted, metric, metric_one = _task(model, a.batch, a.pos)
-    ours_t, tl_t = [], []
-    for r in range(a.repeats):
-        t1, g = timed(lambda: edge_attribution(model, corrupted, clean, metric))   # TL's orientation
-        t2, n = timed(lambda: _tl_edges(ap, bridge, clean, corrupted, metric_one))
-        ours_t.append(t1)
-        tl_t.append(t2)
-        print(f"  repeat {r}: ours {t1:.3f} s ({g.n_edges} edges)  TL {t2:.3f} s ({n} edge x position scores)  "
-              f"ratio {t1 / t2:.3f}", flush=True)
+    t, last = interleaved({"ours": lambda: edge_attribution(model, corrupted, clean, metric),   # TL's orientation
+                           "TL": lambda: _tl_edges(ap, bridge, clean, corrupted, metric_one)}, a.repeats)
+    ours_t, tl_t = t["ours"], t["TL"]
+    print(f"  ours scores {last['ours'].n_edges} edges; TL {last['TL']} edge x position scores")
     med = statistics.median
     print(f"EAP vs TransformerLens attribution patching, preset {a.preset}, batch {a.batch} x pos {a.pos}; {_load()}:")
     print(f"  ours median {med(ours_t):.3f} s, TL median {med(tl_t):.3f} s, median ratio ours/TL "
-          f"{med([o / t for o, t in zip(ours_t, tl_t)]):.4f} (goal <= 0.5)")
+          f"{median_ratio(ours_t, tl_t):.4f} (goal <= 0.5)")
+
+
+def _no_grad(model, tokens):
+    with torch.no_grad():
+        return model(tokens)
 
 
 def bench_exact(a) -> None:
@@ -125,15 +122,10 @@ def bench_exact(a) -> None:
     clean, corrupted, metric, _ = _task(model, a.batch, a.pos)
     graph = edge_attribution(model, clean, corrupted, metric)
     top = graph.ranked()[:a.edges]
-    fwd, ex = [], []
-    for r in range(a.repeats):
-        with torch.no_grad():
-            t0, _ = timed(lambda: model(clean))
-        t1, _ = timed(lambda: exact_edge_effects(model, clean, corrupted, metric, top))
-        fwd.append(t0)
-        ex.append(t1)
-        print(f"  repeat {r}: forward {t0:.3f} s  exact patching of {len(top)} edges {t1:.3f} s "
-              f"({t1 / len(top) / t0:.2f} forwards per edge)", flush=True)
+    t, _ = interleaved({"forward": lambda: _no_grad(model, clean),
+                        f"exact patching of {len(top)} edges": lambda: exact_edge_effects(model, clean, corrupted,
+                                                                                           metric, top)}, a.repeats)
+    fwd, ex = t["forward"], t[f"exact patching of {len(top)} edges"]
     med = statistics.median
     print(f"exact edge patching, preset {a.preset}, batch {a.batch} x pos {a.pos}, top {len(top)} edges; {_load()}:")
     print(f"  forward median {med(fwd):.3f} s; per edge {med([e / len(top) / f for e, f in zip(ex, fwd)]):.3f} "

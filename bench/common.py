@@ -6,6 +6,7 @@ installed package.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable
 
@@ -32,3 +33,22 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Time each variant once per round, in order, for ``repeats`` rounds (A/B interleaving, so the load of a
+    busy machine falls on every variant alike); prints each round. Returns ``(seconds per variant, the last
+    result of each)``."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    last: dict[str, Any] = {}
+    for r in range(repeats):
+        for name, fn in variants.items():
+            t, last[name] = timed(fn)
+            times[name].append(t)
+        print(f"  repeat {r}: " + "  ".join(f"{name} {ts[-1]:.3f} s" for name, ts in times.items()), flush=True)
+    return times, last
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    """Median of the per-round ratios ``num[i] / den[i]``."""
+    return statistics.median(n / d for n, d in zip(num, den))

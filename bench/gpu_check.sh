@@ -2,9 +2,10 @@
 # One command on a machine with one CUDA GPU and this repository: installs what it needs (scripts/setup.sh:
 # .venv with torch 2.13 and the package), then measures logits vs transformers (fp32, bf16), forward and
 # training tokens/s and MFU at the phi-2 config (bf16, torch.compile off/on), the cost of recording during
-# training, and `workbench cache` vs forward-only; writes gpu_check.json and gpu_check.md into --out.
+# training, `workbench cache` vs forward-only, and the circuit EAP time over every edge; writes gpu_check.json
+# and gpu_check.md into --out.
 #
-#   bash bench/gpu_check.sh [--out DIR]     # on the GPU machine (about 6-7 min after the install)
+#   bash bench/gpu_check.sh [--out DIR]     # on the GPU machine (sections that would start past 450 s are skipped)
 #   bash bench/gpu_check.sh --dry-run       # the same code on a tiny config on CPU (seconds; in the tests)
 #
 # PYTHON=/path/to/python skips the install and uses that interpreter.

@@ -7,6 +7,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from workbench.hooks.names import UnknownHookError
+
 
 class TensorSource:
     """In-memory activations read like a store: an ``ActivationSource`` (``workbench.store.source``).
@@ -34,7 +36,6 @@ class TensorSource:
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         if hook not in self.acts:
-            from workbench.hooks.names import UnknownHookError
             raise UnknownHookError(hook, self.acts)
         return self.acts[hook]
 
@@ -56,7 +57,6 @@ def check_hooks(source, hooks: Sequence[str]) -> None:
         raise ValueError("no hooks given: name at least one hook to probe")
     for h in hooks:
         if h not in source:
-            from workbench.hooks.names import UnknownHookError
             raise UnknownHookError(h, list(source.hooks))
 
 

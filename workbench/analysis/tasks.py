@@ -9,7 +9,11 @@ All generators are deterministic given ``seed``.
 """
 from __future__ import annotations
 
+import io
 import json
+import keyword
+import sysconfig
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -157,8 +161,6 @@ CODE_CLASSES = ("code", "identifier", "string", "comment")   # token_class label
 
 def default_python_sources(n_files: int = 8) -> list[str]:
     """Source of a few standard-library modules: the code the default model is trained on."""
-    import sysconfig
-    from pathlib import Path
     root = Path(sysconfig.get_paths()["stdlib"])
     picks = ["textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "bisect.py", "heapq.py", "glob.py",
              "string.py", "calendar.py", "difflib.py", "csv.py", "pprint.py"]
@@ -175,9 +177,6 @@ def char_labels(source: str) -> dict[str, list[int]]:
     Uses the ``tokenize`` module, so brackets inside strings and comments do not count.
     Raises ``SyntaxError``-like ``ValueError`` for source that ``tokenize`` cannot read.
     """
-    import io
-    import keyword
-    import tokenize
     lines = source.splitlines(keepends=True)
     starts = [0]
     for line in lines:

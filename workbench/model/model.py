@@ -20,8 +20,10 @@ from workbench.hooks import HookedRootModule, HookPoint
 
 from . import hf_format
 from .config import PhiConfig
+from .generate import generate
 from .kv_cache import KVCache
 from .rotary import apply_rotary, rotary_cos_sin
+from .tl_bridge import to_transformer_lens
 from .tl_api import TransformerLensAPI
 
 
@@ -449,12 +451,10 @@ class PhiModel(TransformerLensAPI, HookedRootModule):
                  top_k: Optional[int] = None, use_kv_cache: bool = True,
                  stop_at_eos: bool = False, seed: Optional[int] = None):
         """Sample a continuation; ``temperature=0`` is greedy. Text in gives text out."""
-        from .generate import generate
         return generate(self, input, max_new_tokens, temperature, top_k, use_kv_cache, stop_at_eos, seed)
 
     def to_transformer_lens(self, tokenizer_dir: Optional[str] = None):
         """An equivalent TransformerLens ``TransformerBridge`` over an HF model with our weights."""
-        from .tl_bridge import to_transformer_lens
         return to_transformer_lens(self, tokenizer_dir)
 
 

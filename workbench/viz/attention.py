@@ -4,6 +4,11 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+
+from workbench.model import Tokenizer
+from workbench.store.source import ActivationSource, StepSource
 
 from .html import CircuitsVisWidget, escape_token, rounded, str_tokens, to_numpy, visible_token
 
@@ -106,7 +111,6 @@ def _is_str_list(tokens: Any) -> bool:
 
 def _strings(ids: Any, tokenizer: Any) -> list:
     """Str tokens of one row of ids via ``tokenizer`` (a Tokenizer or a model with one), else the ids."""
-    import torch
     if _is_str_list(ids):
         return list(ids)
     ids = torch.as_tensor(ids)
@@ -119,13 +123,10 @@ def _strings(ids: Any, tokenizer: Any) -> list:
 
 def _store_tokenizer(store: Any) -> Any:
     """The ``Tokenizer`` kept in a store's attributes (``tokenizer``: tokenizer.json text), if any."""
-    from workbench.store.source import ActivationSource, StepSource
     attrs = store.attrs if isinstance(store, (ActivationSource, StepSource)) else {}
     text = attrs.get("tokenizer")
     if not isinstance(text, str) or not text:
         return None
-    from tokenizers import Tokenizer as HFTokenizer
-    from workbench.model import Tokenizer
     return Tokenizer(HFTokenizer.from_str(text))
 
 
@@ -143,7 +144,6 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
         or by the tokenizer saved in the store's attributes; a training recording needs ``step=``.
     Without a tokenizer the ids themselves label the tokens.
     """
-    import torch
     hook = f"blocks.{layer}.attn.hook_pattern"
     if hasattr(source, "run_with_cache") and hasattr(source, "hook_dict"):  # a model
         if tokens is None:
@@ -155,7 +155,6 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
         with torch.no_grad():
             _, cache = source.run_with_cache(ids.to(source.device), names_filter=hook)
         return cache[hook][row], _strings(ids[row], tokenizer or source)
-    from workbench.store.source import ActivationSource, StepSource
     if isinstance(source, (ActivationSource, StepSource)):  # a store, a recording or one step of it
         return _pattern_from_store(source, hook, row, tokens, tokenizer, step)
     if hasattr(source, "__getitem__") and hasattr(source, "__contains__"):  # a cache or a dict
@@ -176,7 +175,6 @@ def layer_pattern(source: Any, layer: int, tokens: Any = None, row: int = 0,
 def _pattern_from_store(source: Any, hook: str, row: int, tokens: Any, tokenizer: Any,
                         step: Optional[int]) -> tuple[Any, list]:
     """``layer_pattern`` of a cache file, a recording (``step`` required) or one step of a recording."""
-    from workbench.store.source import StepSource
     if isinstance(source, StepSource):
         if step is None:
             raise ValueError(f"this store is a training recording: pass step=... "
