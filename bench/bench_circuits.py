@@ -175,8 +175,8 @@ def bench_tasks(a) -> None:
         prev = heads[heads.layer == 0].sort_values("previous_token").iloc[-1]
         ind = heads[heads.layer == model.cfg.n_layers - 1].sort_values("induction").iloc[-1]
         print(f"{run}: {task.description}")
-        print(f"  previous-token head a0.h{int(prev['head'])} ({prev.previous_token:.3f}), induction head "
-              f"a{int(ind.layer)}.h{int(ind['head'])} ({ind.induction:.3f})")
+        print(f"  previous-token head a0.h{int(prev.head_index)} ({prev.previous_token:.3f}), induction head "
+              f"a{int(ind.layer)}.h{int(ind.head_index)} ({ind.induction:.3f})")
         for method in ("eap", "eap-ig", "exact"):
             g = find_circuit(model, task, method=method)
             k = [e for e in g.circuit_edges() if e.startswith("a0.") and e.endswith("<k>")]
